@@ -1,0 +1,157 @@
+"""The one error tree of leadbridge.
+
+    BridgeError
+    ├── ConfigError                  settings or mapping files are wrong (start-up stops)
+    │   └── MappingValidationError   one or more `file:line: field.path: message` problems
+    ├── InboundError                 a webhook request is refused; `status` is fixed, no detail leaks
+    │   ├── InvalidBody              400  body does not parse for this provider
+    │   ├── Unauthorized             401  signature, token or timestamp wrong or missing
+    │   ├── UnknownMapping           404  no mapping of that name
+    │   ├── MethodNotAllowed         405
+    │   ├── RequestTimeout           408  body did not arrive in time
+    │   ├── BodyTooLarge             413
+    │   ├── UnsupportedMediaType     415  a content type the provider never sends
+    │   ├── RateLimited              429  per-mapping accept limit reached
+    │   └── QueueUnavailable         503  nothing stored; the provider retries
+    └── DeliveryError                turning a delivery into lead calls failed
+        ├── MappingError             the mapping cannot produce commands (permanent)
+        ├── UpstreamError            the Connect API (or an enrich fetch) answered badly or not at all
+        └── WaitForLink              a patch found no linked entry yet (retryable)
+
+Inbound errors become responses in one place (`bridge.http.responses`). Delivery errors carry
+`retryable`, `retry_after_s` and the upstream `status`; `bridge.connect.classify` decides them.
+Messages never carry secrets or lead values.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error leadbridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """Settings or mapping files are wrong; start-up (or a reload) stops with this message."""
+
+
+class MappingValidationError(ConfigError):
+    """Mapping files failed validation. `problems` are `file:line: field.path: message` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class InboundError(BridgeError):
+    status: int = 400
+    reason: str = "bad request"
+    outcome: str = "invalid"  # the leadbridge_webhooks_total outcome label
+
+    def __init__(self, reason: str | None = None) -> None:
+        if reason is not None:
+            self.reason = reason
+        super().__init__(self.reason)
+
+
+class InvalidBody(InboundError):
+    status = 400
+    reason = "body does not parse for this provider"
+    outcome = "invalid"
+
+
+class Unauthorized(InboundError):
+    status = 401
+    reason = "unauthorized"
+    outcome = "unauthorized"
+
+    def __init__(self, reason: str | None = None) -> None:
+        # The public reason is always the same; the internal one is kept for debug logs only.
+        self.internal_reason = reason or "unauthorized"
+        super().__init__("unauthorized")
+
+
+class UnknownMapping(InboundError):
+    status = 404
+    reason = "not found"
+    outcome = "not_found"
+
+
+class MethodNotAllowed(InboundError):
+    status = 405
+    reason = "method not allowed"
+    outcome = "invalid"
+
+
+class RequestTimeout(InboundError):
+    status = 408
+    reason = "request body did not arrive in time"
+    outcome = "invalid"
+
+
+class BodyTooLarge(InboundError):
+    status = 413
+    reason = "request body too large"
+    outcome = "too_large"
+
+
+class UnsupportedMediaType(InboundError):
+    status = 415
+    reason = "unsupported content type for this provider"
+    outcome = "unsupported"
+
+
+class RateLimited(InboundError):
+    status = 429
+    reason = "too many deliveries for this mapping"
+    outcome = "rate_limited"
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__()
+
+
+class QueueUnavailable(InboundError):
+    status = 503
+    reason = "queue unavailable, nothing was stored; retry later"
+    outcome = "unavailable"
+
+    def __init__(self, retry_after_s: int = 5) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__()
+
+
+class DeliveryError(BridgeError):
+    """A delivery could not be turned into lead calls (yet)."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+
+class MappingError(DeliveryError):
+    """The mapping cannot produce commands for this payload (a required field is null, ...)."""
+
+    retryable = False
+
+
+class UpstreamError(DeliveryError):
+    """The upstream (or an enrich source) failed; `retryable` says whether trying again can help."""
+
+
+class WaitForLink(DeliveryError):
+    """A patch found no linked entry: the create may still be in flight, so try again later."""
+
+    retryable = True

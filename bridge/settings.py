@@ -1,0 +1,93 @@
+"""The process environment (CONTRACT §3), loaded once by the command that starts a process.
+
+Nothing reads the environment at import time: `load_settings()` is called by the CLI and the
+result is passed down. A wrong value raises `ConfigError` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    connect_base_url: str | None = Field(default=None, alias="CONNECT_BASE_URL")
+    connect_api_key: SecretStr | None = Field(default=None, alias="CONNECT_API_KEY")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    mappings_path: Path = Field(default=Path("mappings"), alias="BRIDGE_MAPPINGS")
+    data_dir: Path = Field(default=Path(".leadbridge"), alias="BRIDGE_DATA_DIR")
+    admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
+    host: str = Field(default="127.0.0.1", alias="BRIDGE_HOST")
+    port: int = Field(default=8000, ge=0, le=65535, alias="BRIDGE_PORT")
+    max_body_bytes: int = Field(default=1_048_576, gt=0, alias="BRIDGE_MAX_BODY_BYTES")
+    read_timeout_s: float = Field(default=30.0, gt=0, alias="BRIDGE_READ_TIMEOUT_S")
+    log_format: Literal["json", "console"] | None = Field(default=None, alias="BRIDGE_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="BRIDGE_LOG_LEVEL")
+
+    # Delivery (issue: delivery guarantees). Units are in the names.
+    dedupe_window_s: int = Field(default=7 * 86_400, gt=0, alias="BRIDGE_DEDUPE_WINDOW_S")
+    retention_s: int = Field(default=7 * 86_400, gt=0, alias="BRIDGE_RETENTION_S")
+    retry_window_s: float = Field(default=86_400.0, gt=0, alias="BRIDGE_RETRY_WINDOW_S")
+    retry_base_s: float = Field(default=1.0, gt=0, alias="BRIDGE_RETRY_BASE_S")
+    retry_max_delay_s: float = Field(default=3_600.0, gt=0, alias="BRIDGE_RETRY_MAX_DELAY_S")
+    retry_max_attempts: int = Field(default=40, ge=1, alias="BRIDGE_RETRY_MAX_ATTEMPTS")
+    link_wait_s: float = Field(default=300.0, ge=0, alias="BRIDGE_LINK_WAIT_S")
+    worker_concurrency: int = Field(default=64, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
+    upstream_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_UPSTREAM_TIMEOUT_S")
+    upstream_max_connections: int = Field(default=100, ge=1, alias="BRIDGE_UPSTREAM_MAX_CONNECTIONS")
+    table_cache_ttl_s: float = Field(default=300.0, ge=0, alias="BRIDGE_TABLE_CACHE_TTL_S")
+    redis_wait_replicas: int = Field(default=0, ge=0, alias="BRIDGE_REDIS_WAIT_REPLICAS")
+    redis_wait_timeout_ms: int = Field(default=1_000, ge=0, alias="BRIDGE_REDIS_WAIT_TIMEOUT_MS")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, alias="BRIDGE_SHUTDOWN_GRACE_S")
+    max_commands_per_delivery: int = Field(default=100, ge=1, alias="BRIDGE_MAX_COMMANDS_PER_DELIVERY")
+
+    @field_validator("connect_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://", "valkey://", "valkeys://")):
+            raise ValueError("must be a redis:// (or rediss://, unix://) URL")
+        return value
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+    def require_upstream(self) -> tuple[str, SecretStr]:
+        """The upstream URL and key, or a ConfigError naming what is missing."""
+        if self.connect_base_url is None:
+            raise ConfigError("CONNECT_BASE_URL is not set (or use `leadbridge run --sandbox`)")
+        if self.connect_api_key is None or not self.connect_api_key.get_secret_value():
+            raise ConfigError("CONNECT_API_KEY is not set (or use `leadbridge run --sandbox`)")
+        return self.connect_base_url, self.connect_api_key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a wrong value is a one-line ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
+        raise ConfigError(f"{alias or field}: {first['msg']} (got {first.get('input')!r})") from None
