@@ -1,5 +1,211 @@
-"""Placeholder CLI (replaced below)."""
+"""The `leadbridge` command (also `python -m bridge`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from bridge.errors import ConfigError, MappingValidationError
+from bridge.settings import Settings, load_settings
+
+DESCRIPTION = """\
+leadbridge: webhooks from form tools and CRMs in, leads out on the Connect API.
+
+Start here:  leadbridge run --sandbox   (everything local: embedded Valkey, a sandbox upstream,
+             the mappings in ./mappings), then follow what it prints.
+"""
+
+SANDBOX_ENV = "sandbox.env"
 
 
-def main() -> None:
-    print("leadbridge")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leadbridge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="web + worker in one process (the laptop setup)")
+    run.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="use a local Connect sandbox (seeded demo Lead Pool) as the upstream; no API key needed",
+    )
+    run.add_argument(
+        "--sandbox-port", type=int, default=None, help="sandbox port (default: BRIDGE_PORT + 10)"
+    )
+    sub.add_parser("serve", help="web only: receive and queue webhooks (Kubernetes web Deployment)")
+    sub.add_parser(
+        "worker",
+        help="worker only: deliver queued webhooks (Kubernetes worker Deployment); "
+        "probes on BRIDGE_WORKER_PROBE_PORT",
+    )
+    sandbox = sub.add_parser("sandbox", help="the local Connect API sandbox alone")
+    sandbox.add_argument("--port", type=int, default=None, help="port (default: BRIDGE_PORT + 10)")
+    sandbox.add_argument("--api-key", default=None, help="bearer key it accepts (default: sandbox-key)")
+
+    mappings = sub.add_parser("mappings", help="check and dry-run mapping files")
+    msub = mappings.add_subparsers(dest="mappings_command", required=True, metavar="SUBCOMMAND")
+    validate = msub.add_parser("validate", help="check every mapping; errors name file, line and field")
+    validate.add_argument(
+        "path", nargs="?", type=Path, default=None, help="file or folder (default: BRIDGE_MAPPINGS)"
+    )
+    test = msub.add_parser(
+        "test", help="print the lead commands a mapping makes from a payload; calls nothing"
+    )
+    test.add_argument("name", help="mapping name")
+    test.add_argument("payload", type=Path, help="payload file (JSON, form, XML)")
+    test.add_argument(
+        "--header", action="append", default=[], metavar="K:V", help="a request header, repeatable"
+    )
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue (works beside a running service)")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="SUBCOMMAND")
+    dsub.add_parser("list", help="dead-lettered deliveries, oldest first")
+    show = dsub.add_parser("show", help="one delivery with its reason and attempts")
+    show.add_argument("id")
+    replay = dsub.add_parser("replay", help="map again with the current mappings and deliver")
+    replay_target = replay.add_mutually_exclusive_group(required=True)
+    replay_target.add_argument("id", nargs="?")
+    replay_target.add_argument("--all", action="store_true")
+    purge = dsub.add_parser("purge", help="delete from the dead-letter queue")
+    purge_target = purge.add_mutually_exclusive_group(required=True)
+    purge_target.add_argument("id", nargs="?")
+    purge_target.add_argument("--all", action="store_true")
+
+    sample = sub.add_parser("send-sample", help="sign and send a mapping's sample payload (a first webhook)")
+    sample.add_argument("name", nargs="?", default="website-contact")
+    sample.add_argument(
+        "--url", default=None, help="leadbridge base URL (default: http://BRIDGE_HOST:BRIDGE_PORT)"
+    )
+    sample.add_argument(
+        "--payload", type=Path, default=None, help="payload file (default: the shipped sample)"
+    )
+    return parser
+
+
+def sandbox_environ(settings: Settings) -> dict[str, str]:
+    """The environment plus the demo values of `mappings/sandbox.env` for variables left unset."""
+    environ = dict(os.environ)
+    folder = settings.mappings_path if settings.mappings_path.is_dir() else settings.mappings_path.parent
+    env_file = folder / SANDBOX_ENV
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                environ.setdefault(key.strip(), value.strip())
+    return environ
+
+
+@contextmanager
+def queue_url(settings: Settings) -> Iterator[str]:
+    """REDIS_URL, or the embedded Valkey server (started, or attached to if one is running)."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    from bridge.queue.embedded import EmbeddedValkey
+
+    with EmbeddedValkey(settings.data_dir) as server:
+        yield server.url
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        sys.exit(_dispatch(args))
+    except MappingValidationError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"leadbridge: {len(exc.problems)} mapping problem(s); nothing was started", file=sys.stderr)
+        sys.exit(1)
+    except ConfigError as exc:
+        print(f"leadbridge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from bridge import logs
+
+    logs.configure(settings.effective_log_format, settings.log_level)
+    if args.command == "mappings":
+        return _mappings(args, settings)
+    if args.command == "dlq":
+        from bridge import dlq_cli
+
+        with queue_url(settings) as url:
+            return asyncio.run(dlq_cli.run(args, settings, url))
+    if args.command == "send-sample":
+        from bridge.samples import send_sample
+
+        return send_sample(args.name, settings, sandbox_environ(settings), url=args.url, payload=args.payload)
+    if args.command == "sandbox":
+        return _sandbox(args, settings)
+    return _service(args, settings)
+
+
+def _mappings(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge import mapping_cli
+
+    environ: Mapping[str, str] = os.environ
+    if args.mappings_command == "validate":
+        return mapping_cli.validate(args.path or settings.mappings_path, environ, sys.stdout)
+    headers = {}
+    for item in args.header:
+        key, sep, value = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--header {item!r}: expected K:V")
+        headers[key.strip().lower()] = value.strip()
+    return mapping_cli.dry_run(args.name, args.payload, headers, settings.mappings_path, environ, sys.stdout)
+
+
+def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
+
+    port = args.port if args.port is not None else settings.port + 10
+    print(f"Connect sandbox on http://{settings.host}:{port} (bearer key: {args.api_key or DEMO_API_KEY})")
+    uvicorn.run(
+        create_sandbox_app(args.api_key or DEMO_API_KEY), host=settings.host, port=port, log_config=None
+    )
+    return 0
+
+
+def _service(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.processes import Upstream, run_all
+
+    sandbox = args.command == "run" and args.sandbox
+    environ = sandbox_environ(settings) if sandbox else dict(os.environ)
+    upstream: Upstream | None = None
+    if not sandbox:
+        base_url, key = settings.require_upstream() if args.command != "serve" else ("", None)
+        upstream = Upstream(base_url, key.get_secret_value()) if key is not None else None
+    sandbox_port = None
+    if sandbox:
+        sandbox_port = (
+            args.sandbox_port
+            if args.sandbox_port is not None
+            else (settings.port + 10 if settings.port else 0)
+        )
+    with queue_url(settings) as url:
+        asyncio.run(
+            run_all(
+                settings,
+                redis_url=url,
+                environ=environ,
+                upstream=upstream,
+                web=args.command in ("run", "serve"),
+                worker=args.command in ("run", "worker"),
+                sandbox_port=sandbox_port,
+                banner=args.command == "run",
+            )
+        )
+    return 0

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, alias="BRIDGE_ADMIN_TOKEN")
     host: str = Field(default="127.0.0.1", alias="BRIDGE_HOST")
     port: int = Field(default=8000, ge=0, le=65535, alias="BRIDGE_PORT")
+    worker_probe_port: int = Field(default=8001, ge=0, le=65535, alias="BRIDGE_WORKER_PROBE_PORT")
     max_body_bytes: int = Field(default=1_048_576, gt=0, alias="BRIDGE_MAX_BODY_BYTES")
     read_timeout_s: float = Field(default=30.0, gt=0, alias="BRIDGE_READ_TIMEOUT_S")
     log_format: Literal["json", "console"] | None = Field(default=None, alias="BRIDGE_LOG_FORMAT")
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     table_cache_ttl_s: float = Field(default=300.0, ge=0, alias="BRIDGE_TABLE_CACHE_TTL_S")
     redis_wait_replicas: int = Field(default=0, ge=0, alias="BRIDGE_REDIS_WAIT_REPLICAS")
     redis_wait_timeout_ms: int = Field(default=1_000, ge=0, alias="BRIDGE_REDIS_WAIT_TIMEOUT_MS")
+    job_timeout_s: float = Field(default=120.0, gt=0, alias="BRIDGE_JOB_TIMEOUT_S")
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="BRIDGE_SHUTDOWN_GRACE_S")
     max_commands_per_delivery: int = Field(default=100, ge=1, alias="BRIDGE_MAX_COMMANDS_PER_DELIVERY")
 

@@ -138,7 +138,7 @@ class EmbeddedValkey:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started yet here
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise ConfigError(f"could not start the embedded Valkey server: {exc}") from None

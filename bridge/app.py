@@ -1,0 +1,71 @@
+"""The web app factory: `create_app(settings)` for `serve`, or `create_app(settings, runtime=...)`
+when the CLI shares one Runtime between the web app and the worker (`run`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from bridge.errors import InboundError
+from bridge.http import admin, health, hooks
+from bridge.http.responses import inbound_error_handler, not_found_handler
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+
+HOOK_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/hooks/{name}", hooks.receive_hook, methods=HOOK_METHODS),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/admin/dlq", admin.list_dlq, methods=["GET"]),
+        Route("/admin/dlq/{id}", admin.show_dlq, methods=["GET"]),
+        Route("/admin/dlq/{id}", admin.delete_dlq, methods=["DELETE"]),
+        Route("/admin/dlq/{id}/replay", admin.replay_dlq, methods=["POST"]),
+        Route("/admin/deliveries/{id}", admin.show_delivery, methods=["GET"]),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    runtime: Runtime | None = None,
+    redis_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Starlette:
+    """The webhook web app. Without a runtime, the lifespan builds (and closes) its own."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        url = redis_url or settings.redis_url
+        if url is None:
+            raise RuntimeError("create_app needs a redis_url when REDIS_URL is unset")
+        own = Runtime(settings, redis_url=url, environ=environ if environ is not None else os.environ)
+        own.load_mappings()
+        own.start_background()
+        app.state.runtime = own
+        try:
+            yield
+        finally:
+            await own.close()
+
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={InboundError: inbound_error_handler, HTTPException: not_found_handler},
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    return app

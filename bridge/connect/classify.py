@@ -1,0 +1,58 @@
+"""One pure decision: is an upstream outcome worth retrying, and not before when?
+
+classify(status=None, transport_error=True)    -> retryable (connect error, timeout)
+classify(429 / 503, retry_after="7")            -> retryable, not before 7 s
+classify(5xx), classify(408), classify(425)     -> retryable
+classify(409)                                   -> retryable (an idempotent request in flight)
+classify(other 4xx)                             -> permanent: dead-letter with the message
+classify(2xx)                                   -> not an error
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+MAX_RETRY_AFTER_S = 3600.0  # a far-future Retry-After cannot park a lead for days
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    retryable: bool
+    retry_after_s: float | None = None
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), capped; None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    seconds: float
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now_s is None else now_s)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def classify(
+    status: int | None,
+    *,
+    transport_error: bool = False,
+    retry_after: str | None = None,
+    now_s: float | None = None,
+) -> Outcome:
+    if transport_error or status is None:
+        return Outcome(ok=False, retryable=True)
+    if 200 <= status < 300:
+        return Outcome(ok=True, retryable=False)
+    if status in RETRYABLE_4XX or status >= 500:
+        return Outcome(ok=False, retryable=True, retry_after_s=parse_retry_after(retry_after, now_s))
+    return Outcome(ok=False, retryable=False)

@@ -1,0 +1,137 @@
+"""The Connect API client: the only module that talks HTTP to the upstream (and to enrich sources).
+
+One pooled `httpx.AsyncClient` per process, owned by whoever starts the worker, with explicit
+limits and timeouts. Every write carries an `Idempotency-Key`; every failure becomes an
+`UpstreamError` classified by `classify()`. Error messages keep the upstream's own message
+(for the dead-letter queue) but never the request body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from bridge.connect.classify import classify
+from bridge.errors import UpstreamError
+
+MERGE_PATCH = "application/merge-patch+json"
+MAX_ERROR_TEXT = 300
+
+
+def build_http_client(
+    *, timeout_s: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:MAX_ERROR_TEXT]
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:MAX_ERROR_TEXT]
+    return response.text[:MAX_ERROR_TEXT]
+
+
+class ConnectClient:
+    """Create, merge-patch and read tables on the Connect API."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: str, api_key: str, *, observe: Any | None = None
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        # observe(method, status_label, seconds): a metrics hook (leadbridge_upstream_request_seconds)
+        self._observe = observe
+
+    async def create_entry(self, body: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        return await self._send(
+            "POST",
+            "/connect/table_entries",
+            body,
+            {"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+        )
+
+    async def patch_entry(
+        self, entry_id: str, patch: Mapping[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        return await self._send(
+            "PATCH",
+            f"/connect/table_entries/{entry_id}",
+            patch,
+            {"Content-Type": MERGE_PATCH, "Idempotency-Key": idempotency_key},
+        )
+
+    async def get_table(self, table_id: str) -> dict[str, Any]:
+        return await self._send("GET", f"/connect/tables/{table_id}", None, {})
+
+    async def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None, headers: dict[str, str]
+    ) -> dict[str, Any]:
+        content = orjson.dumps(body) if body is not None else None
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(
+                method, self._base + path, content=content, headers={**self._auth, **headers}
+            )
+        except httpx.HTTPError as exc:
+            self._record(method, "error", started)
+            raise UpstreamError(
+                f"{method} {path.split('/')[2]}: {type(exc).__name__}", retryable=True
+            ) from None
+        self._record(method, str(response.status_code), started)
+        outcome = classify(response.status_code, retry_after=response.headers.get("retry-after"))
+        if outcome.ok:
+            try:
+                data = response.json() if response.content else {}
+            except ValueError:
+                data = {}
+            return data if isinstance(data, dict) else {"value": data}
+        raise UpstreamError(
+            f"{method} {path.split('/')[2]} answered {response.status_code}: {_error_text(response)}",
+            retryable=outcome.retryable,
+            retry_after_s=outcome.retry_after_s,
+            status=response.status_code,
+        )
+
+    def _record(self, method: str, status: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(method, status, time.perf_counter() - started)
+
+
+class EnrichClient:
+    """GETs the full record for thin webhooks (CONTRACT §6 `enrich`), classified like upstream calls."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+        try:
+            response = await self._http.get(url, headers=dict(headers))
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"enrich fetch failed: {type(exc).__name__}", retryable=True) from None
+        outcome = classify(response.status_code, retry_after=response.headers.get("retry-after"))
+        if not outcome.ok:
+            raise UpstreamError(
+                f"enrich fetch answered {response.status_code}",
+                retryable=outcome.retryable,
+                retry_after_s=outcome.retry_after_s,
+                status=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError("enrich fetch did not return JSON", retryable=False) from None

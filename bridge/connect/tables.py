@@ -1,0 +1,111 @@
+"""Lead Pools (tables): their states and custom fields, read tolerantly and cached per table.
+
+The table response's exact shape is not published: we read `leadStates` (id, name, default) and
+`customFields` (id, name) and ignore anything else. Names in mappings resolve case-insensitively;
+an id resolves to itself. A name that does not resolve refreshes the cached table once (the pool
+may have changed) before it is an error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.errors import MappingError
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    id: str
+    states_by_name: dict[str, str] = field(default_factory=dict)  # lower-case name -> id
+    state_ids: frozenset[str] = frozenset()
+    default_state: str | None = None
+    fields_by_name: dict[str, str] = field(default_factory=dict)  # lower-case name -> id
+    field_ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_response(cls, table_id: str, body: dict[str, Any]) -> TableInfo:
+        states: dict[str, str] = {}
+        default: str | None = None
+        for state in body.get("leadStates") or []:
+            if not isinstance(state, dict) or state.get("id") is None:
+                continue
+            state_id = str(state["id"])
+            if isinstance(state.get("name"), str):
+                states[state["name"].strip().lower()] = state_id
+            if state.get("default") is True and default is None:
+                default = state_id
+        fields: dict[str, str] = {}
+        for custom in body.get("customFields") or []:
+            if (
+                isinstance(custom, dict)
+                and custom.get("id") is not None
+                and isinstance(custom.get("name"), str)
+            ):
+                fields[custom["name"].strip().lower()] = str(custom["id"])
+        field_ids = frozenset(
+            str(c["id"]) for c in body.get("customFields") or [] if isinstance(c, dict) and c.get("id")
+        )
+        state_ids = frozenset(
+            str(s["id"]) for s in body.get("leadStates") or [] if isinstance(s, dict) and s.get("id")
+        )
+        return cls(table_id, states, state_ids, default, fields, field_ids)
+
+    def state_id(self, name_or_id: str) -> str | None:
+        if name_or_id in self.state_ids:
+            return name_or_id
+        return self.states_by_name.get(name_or_id.strip().lower())
+
+    def field_id(self, name_or_id: str) -> str | None:
+        if name_or_id in self.field_ids:
+            return name_or_id
+        return self.fields_by_name.get(name_or_id.strip().lower())
+
+
+class TableCache:
+    """Per-process cache of TableInfo with a TTL; `fetch(table_id)` returns the raw table JSON."""
+
+    def __init__(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], ttl_s: float) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[TableInfo, float]] = {}
+
+    async def get(self, table_id: str, *, refresh: bool = False) -> TableInfo:
+        cached = self._entries.get(table_id)
+        if cached and not refresh and time.monotonic() - cached[1] < self._ttl_s:
+            return cached[0]
+        info = TableInfo.from_response(table_id, await self._fetch(table_id))
+        self._entries[table_id] = (info, time.monotonic())
+        return info
+
+    def invalidate(self, table_id: str) -> None:
+        self._entries.pop(table_id, None)
+
+    async def resolve_state(self, table_id: str, name_or_id: str | None) -> str:
+        """The state id for a name or id, or the table's default state when None."""
+        info = await self.get(table_id)
+        resolved = info.default_state if name_or_id is None else info.state_id(name_or_id)
+        if resolved is None:
+            info = await self.get(table_id, refresh=True)
+            resolved = info.default_state if name_or_id is None else info.state_id(name_or_id)
+        if resolved is None:
+            what = "a default lead state" if name_or_id is None else f"lead state {name_or_id!r}"
+            raise MappingError(f"table {table_id} has no {what}")
+        return resolved
+
+    async def resolve_fields(self, table_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Custom field names or ids -> ids, keeping values; unknown names are a MappingError."""
+        if not values:
+            return {}
+        info = await self.get(table_id)
+        if any(info.field_id(name) is None for name in values):
+            info = await self.get(table_id, refresh=True)
+        resolved: dict[str, Any] = {}
+        for name, value in values.items():
+            field_id = info.field_id(name)
+            if field_id is None:
+                raise MappingError(f"table {table_id} has no custom field {name!r}")
+            resolved[field_id] = value
+        return resolved

@@ -1,0 +1,81 @@
+"""Bearer-protected JSON admin routes: the dead-letter queue and delivery state.
+
+Without BRIDGE_ADMIN_TOKEN every admin route answers 404 (as if it did not exist); with it, a
+missing or wrong token is a 401. The token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bridge.errors import Unauthorized, UnknownMapping
+from bridge.http.responses import JSONResponse
+from bridge.queue import deliveries
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
+
+
+class NotFound(UnknownMapping):
+    reason = "not found"
+
+
+def _authorized(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    token = runtime.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise NotFound()
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("admin token")
+    return runtime
+
+
+async def list_dlq(request: Request) -> Response:
+    runtime = _authorized(request)
+    ids = await deliveries.dlq_ids(runtime.redis)
+    items = []
+    for delivery_id in ids:
+        record = await deliveries.load(runtime.redis, delivery_id)
+        if record is not None:
+            items.append(record.model_dump(mode="json", exclude={"history"}))
+    return JSONResponse({"count": len(items), "items": items})
+
+
+async def _dead_record(request: Request) -> tuple[Runtime, deliveries.DeliveryRecord]:
+    runtime = _authorized(request)
+    delivery_id = request.path_params["id"]
+    record = await deliveries.load(runtime.redis, delivery_id)
+    if record is None or not await deliveries.in_dlq(runtime.redis, delivery_id):
+        raise NotFound()
+    return runtime, record
+
+
+async def show_dlq(request: Request) -> Response:
+    _, record = await _dead_record(request)
+    return JSONResponse(record.model_dump(mode="json"))
+
+
+async def replay_dlq(request: Request) -> Response:
+    runtime, record = await _dead_record(request)
+    await deliveries.enqueue_again(runtime.redis, record.id, runtime.settings.retention_s)
+    return JSONResponse({"status": "queued", "delivery_id": record.id}, status_code=202)
+
+
+async def delete_dlq(request: Request) -> Response:
+    runtime, record = await _dead_record(request)
+    await deliveries.purge(runtime.redis, record.id)
+    return JSONResponse({"status": "purged", "delivery_id": record.id})
+
+
+async def show_delivery(request: Request) -> Response:
+    runtime = _authorized(request)
+    record = await deliveries.load(runtime.redis, request.path_params["id"])
+    if record is None:
+        raise NotFound()
+    return JSONResponse(record.model_dump(mode="json"))

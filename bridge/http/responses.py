@@ -1,0 +1,38 @@
+"""The one place errors become HTTP responses. Routes raise; they never build error bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bridge.errors import InboundError, QueueUnavailable, RateLimited
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: InboundError) -> Response:
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueUnavailable | RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.status == 408:
+        headers["Connection"] = "close"
+    return JSONResponse({"status": "error", "error": exc.reason}, status_code=exc.status, headers=headers)
+
+
+async def inbound_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InboundError)
+    return error_response(exc)
+
+
+async def not_found_handler(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    reason = {404: "not found", 405: "method not allowed"}.get(status, "error")
+    return JSONResponse({"status": "error", "error": reason}, status_code=status)

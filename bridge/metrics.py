@@ -1,0 +1,69 @@
+"""Prometheus metrics, one `Metrics` object per process (its own CollectorRegistry; no globals).
+
+Labels are bounded: mapping names (from the loaded mapping files), fixed outcome words, HTTP
+methods and status codes. Never a payload value. leadbridge runs one uvicorn worker per process
+(scale with processes/pods), so prometheus-client's multiprocess mode is not needed.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "leadbridge_webhooks",
+            "Webhooks received, by mapping and outcome",
+            ["mapping", "outcome"],
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "leadbridge_ingest_seconds",
+            "Time to verify, dedupe and durably enqueue one webhook",
+            ["mapping"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.commands = Counter(
+            "leadbridge_commands",
+            "Lead commands, by mapping, action and outcome",
+            ["mapping", "action", "outcome"],
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "leadbridge_upstream_request_seconds",
+            "Connect API call latency, by method and status",
+            ["method", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_depth = Gauge("leadbridge_queue_depth", "Deliveries waiting in the queue", registry=r)
+        self.queue_oldest_age = Gauge(
+            "leadbridge_queue_oldest_age_seconds", "Age of the oldest delivery due in the queue", registry=r
+        )
+        self.dlq_size = Gauge("leadbridge_dlq_size", "Deliveries in the dead-letter queue", registry=r)
+        self.jobs_in_flight = Gauge(
+            "leadbridge_worker_jobs_in_flight", "Deliveries being processed by this worker", registry=r
+        )
+        self.worker_heartbeat = Gauge(
+            "leadbridge_worker_heartbeat_timestamp_seconds",
+            "Unix time of the most recent worker heartbeat seen",
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "leadbridge_circuit_open", "1 while the shared upstream circuit breaker is open", registry=r
+        )
+        self.signature_failures = Counter(
+            "leadbridge_signature_failures", "Webhooks refused with 401, by mapping", ["mapping"], registry=r
+        )
+
+    def observe_upstream(self, method: str, status: str, seconds: float) -> None:
+        self.upstream_seconds.labels(method=method, status=status).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

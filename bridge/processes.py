@@ -1,0 +1,166 @@
+"""The long-running processes behind `run`, `serve`, `worker` and `sandbox`.
+
+Each builds its resources, serves until SIGINT/SIGTERM, then shuts down in order: stop taking
+webhooks (uvicorn drains in-flight requests), stop taking jobs and let running ones finish within
+BRIDGE_SHUTDOWN_GRACE_S, close the pools, and last stop the embedded Valkey server if this
+process started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from bridge.app import create_app
+from bridge.errors import ConfigError
+from bridge.http import health
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+
+log = logging.getLogger("bridge")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    base_url: str
+    api_key: str
+
+
+def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        h11_max_incomplete_event_size=64 * 1024,
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so the real port is known before serving (port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_until_signal(servers: list[tuple[uvicorn.Server, socket.socket]]) -> None:
+    """Run uvicorn servers until SIGINT/SIGTERM (handled here, once, for all of them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    for server, sock in servers:
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for server, _sock in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+    for task in tasks:
+        if task in done and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def run_all(
+    settings: Settings,
+    *,
+    redis_url: str,
+    environ: Mapping[str, str],
+    upstream: Upstream | None,
+    web: bool,
+    worker: bool,
+    sandbox_port: int | None = None,
+    banner: bool = False,
+) -> None:
+    """`run` (web + worker [+ sandbox]), `serve` (web) or `worker` (worker + probe server)."""
+    servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    if sandbox_port is not None:
+        from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
+
+        sock = bind(settings.host, sandbox_port)
+        sandbox = _server(create_sandbox_app(DEMO_API_KEY), settings.host, sandbox_port, settings)
+        upstream = Upstream(f"http://{settings.host}:{sock.getsockname()[1]}", DEMO_API_KEY)
+        servers.append((sandbox, sock))
+    runtime = Runtime(
+        settings,
+        redis_url=redis_url,
+        environ=environ,
+        upstream=(upstream.base_url, upstream.api_key) if upstream else None,
+    )
+    try:
+        runtime.load_mappings()
+        runtime.start_background()
+        if worker:
+            await runtime.start_worker()
+        app = create_app(settings, runtime=runtime) if web else probe_app(runtime)
+        port = settings.port if web else settings.worker_probe_port
+        sock = bind(settings.host, port)
+        servers.append((_server(app, settings.host, port, settings), sock))
+        if banner:
+            _print_banner(f"http://{settings.host}:{sock.getsockname()[1]}", runtime, upstream)
+        await _serve_until_signal(servers)
+    finally:
+        await runtime.close()
+
+
+def probe_app(runtime: Runtime) -> Starlette:
+    """The worker's small probe server: /healthz, /readyz, /metrics."""
+    app = Starlette(
+        routes=[
+            Route("/healthz", health.healthz),
+            Route("/readyz", health.readyz),
+            Route("/metrics", health.metrics),
+        ]
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def _print_banner(base: str, runtime: Runtime, upstream: Upstream | None) -> None:
+    lines = [
+        "",
+        f"leadbridge is running: webhooks at {base}/hooks/<mapping>",
+        f"  mappings loaded: {', '.join(sorted(runtime.mappings.names)) or '(none)'}",
+        f"  upstream: {upstream.base_url if upstream else runtime.settings.connect_base_url}",
+        f"  queue: {runtime.redis_url}",
+        f"  metrics: {base}/metrics   health: {base}/readyz",
+    ]
+    if upstream is not None and "website-contact" in runtime.mappings.names:
+        lines += [
+            "",
+            "Send a first signed webhook (in another terminal):",
+            f"  ./dev send-sample website-contact --url {base}",
+            "Then see the lead and its automation events in the sandbox:",
+            f"  curl -s {upstream.base_url}/sandbox/entries",
+            f"  curl -s {upstream.base_url}/sandbox/events",
+            "",
+        ]
+    print("\n".join(lines), file=sys.stderr, flush=True)

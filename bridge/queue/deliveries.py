@@ -1,0 +1,175 @@
+"""Stored deliveries and the dead-letter queue.
+
+A delivery is one Redis hash (`lb:d:{id}`), written at ingest and kept for the retention period:
+the raw body and the few headers its provider needs to parse it again, its state, and the
+history of its attempts. The dead-letter queue is a sorted set of delivery ids by the time they
+died; the delivery hash itself holds the reason and the command that failed. Replaying puts the
+same delivery (same id, same idempotency keys) back on the queue; the worker removes it from the
+dead-letter queue once it is delivered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from bridge.queue import arq_adapter, keys
+
+Status = Literal["queued", "retrying", "delivered", "ignored", "dead"]
+MAX_HISTORY = 50
+
+
+class Attempt(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    at: float
+    error: str
+    retryable: bool
+    status: int | None = None
+    command: int | None = None
+
+
+class DeliveryRecord(BaseModel):
+    """What `/admin/deliveries/{id}` and `leadbridge dlq show` tell about one delivery."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    mapping: str
+    provider: str
+    event_id: str
+    received_at: float = Field(description="unix seconds")
+    status: Status
+    seq: int = 0
+    attempts: int = 0
+    reason: str | None = None
+    failed_command: dict[str, Any] | None = None
+    history: list[Attempt] = Field(default_factory=list)
+    dead_at: float | None = None
+    headers: dict[str, str] = Field(default_factory=dict, exclude=True)
+    body: bytes = Field(default=b"", exclude=True)
+
+
+def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
+    value = raw.get(name.encode())
+    return value.decode() if value is not None else default
+
+
+async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.delivery(delivery_id))
+    if not raw or b"mapping" not in raw:
+        return None
+    failed = raw.get(b"failed_command")
+    dead_at = raw.get(b"dead_at")
+    return DeliveryRecord(
+        id=delivery_id,
+        mapping=_text(raw, "mapping"),
+        provider=_text(raw, "provider"),
+        event_id=_text(raw, "event_id"),
+        received_at=int(_text(raw, "received_at", "0")) / 1000,
+        status=_text(raw, "status", "queued"),  # type: ignore[arg-type]
+        seq=int(_text(raw, "seq", "0")),
+        attempts=int(_text(raw, "attempts", "0")),
+        reason=_text(raw, "reason") or None,
+        failed_command=orjson.loads(failed) if failed else None,
+        history=[Attempt.model_validate(a) for a in orjson.loads(raw.get(b"history", b"[]"))],
+        dead_at=float(dead_at) if dead_at else None,
+        headers=orjson.loads(raw.get(b"headers", b"{}")),
+        body=raw.get(b"body", b""),
+    )
+
+
+async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt, status: Status) -> int:
+    """Append to the history (bounded), bump the attempt count, set the status; returns attempts."""
+    history = [*record.history, attempt][-MAX_HISTORY:]
+    key = keys.delivery(record.id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hincrby(key, "attempts", 1)
+        pipe.hset(key, mapping={"history": orjson.dumps([a.model_dump() for a in history]), "status": status})
+        results = await pipe.execute()
+    record.history = history
+    record.attempts = int(results[0])
+    return record.attempts
+
+
+async def set_status(redis: Redis, delivery_id: str, status: Status) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.delivery(delivery_id), "status", status)
+        if status == "delivered":
+            pipe.zrem(keys.DLQ, delivery_id)
+            pipe.hdel(keys.delivery(delivery_id), "reason", "failed_command", "dead_at")
+        await pipe.execute()
+
+
+async def dead_letter(
+    redis: Redis, delivery_id: str, reason: str, failed_command: dict[str, Any] | None, retention_s: int
+) -> None:
+    now = time.time()
+    key = keys.delivery(delivery_id)
+    fields: dict[str, Any] = {"status": "dead", "reason": reason, "dead_at": repr(now)}
+    fields["failed_command"] = orjson.dumps(failed_command) if failed_command is not None else b""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, retention_s)
+        pipe.expire(keys.done(delivery_id), retention_s)
+        pipe.zadd(keys.DLQ, {delivery_id: now})
+        await pipe.execute()
+
+
+async def dlq_ids(redis: Redis, limit: int = 1000) -> list[str]:
+    """Dead-lettered ids, oldest first; ids whose record has expired are dropped on the way."""
+    raw = await redis.zrange(keys.DLQ, 0, limit - 1)
+    ids = [r.decode() for r in raw]
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for delivery_id in ids:
+            pipe.exists(keys.delivery(delivery_id))
+        exists = await pipe.execute()
+    expired = [i for i, alive in zip(ids, exists, strict=True) if not alive]
+    if expired:
+        await redis.zrem(keys.DLQ, *expired)
+    return [i for i, alive in zip(ids, exists, strict=True) if alive]
+
+
+async def in_dlq(redis: Redis, delivery_id: str) -> bool:
+    return await redis.zscore(keys.DLQ, delivery_id) is not None
+
+
+async def dlq_size(redis: Redis) -> int:
+    return int(await redis.zcard(keys.DLQ))
+
+
+async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> None:
+    """Put a stored delivery back on the queue under its own id (replay): same idempotency keys."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.delivery(delivery_id), mapping={"status": "queued", "attempts": 0, "history": b"[]"})
+        pipe.expire(keys.delivery(delivery_id), retention_s)
+        pipe.set(
+            arq_adapter.job_key(delivery_id), arq_adapter.job_record(delivery_id, now_ms), ex=retention_s
+        )
+        pipe.zadd(arq_adapter.QUEUE_KEY, {delivery_id: now_ms})
+        await pipe.execute()
+
+
+async def purge(redis: Redis, delivery_id: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.DLQ, delivery_id)
+        pipe.delete(keys.delivery(delivery_id), keys.done(delivery_id))
+        await pipe.execute()
+
+
+async def queue_stats(redis: Redis) -> tuple[int, float]:
+    """(queue depth, age in seconds of the oldest delivery that is due now)."""
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(arq_adapter.QUEUE_KEY)
+        pipe.zrangebyscore(arq_adapter.QUEUE_KEY, "-inf", now_ms, start=0, num=1, withscores=True)
+        depth, oldest = await pipe.execute()
+    age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+    return int(depth), age

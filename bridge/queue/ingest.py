@@ -1,0 +1,175 @@
+"""Durable acceptance of verified webhooks: dedupe + store + enqueue, batched.
+
+One Lua script per delivery does, atomically: look up the dedupe record (a hit answers
+"duplicate" with the first delivery's id); otherwise write the delivery, the arq job and its
+queue entry, and only then the dedupe record. "Seen" is therefore never recorded without the
+work being stored, and both are written by the same command, so they are equally durable.
+
+Concurrent requests are grouped: while one batch is in flight, new deliveries wait and go
+together in the next one (a single pipelined round trip and, with the embedded server's
+`appendfsync always`, a single fsync). Optionally the batch waits for replicas (`WAIT`) or for
+the local AOF fsync (`WAITAOF`) before anyone is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from bridge.errors import QueueUnavailable
+from bridge.queue import arq_adapter, keys
+
+ACCEPT_SCRIPT = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {0, existing}
+end
+local seq = redis.call('INCR', KEYS[5])
+redis.call('HSET', KEYS[2], 'mapping', ARGV[1], 'provider', ARGV[2], 'event_id', ARGV[3],
+  'received_at', ARGV[4], 'headers', ARGV[5], 'body', ARGV[6], 'status', 'queued', 'seq', seq,
+  'attempts', 0)
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[9], ARGV[10])
+redis.call('SET', KEYS[1], ARGV[10], 'EX', ARGV[11])
+return {1, ARGV[10]}
+"""
+
+MAX_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A verified, parsed-enough webhook ready to be stored."""
+
+    mapping: str
+    provider: str
+    event_id: str
+    body: bytes
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    delivery_id: str
+    duplicate: bool
+
+
+def new_delivery_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Accepter:
+    """Stores deliveries durably, batching concurrent callers into one round trip."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        dedupe_window_s: int,
+        retention_s: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        wait_local_fsync: bool = False,
+    ) -> None:
+        self._redis = redis
+        self._sha: str | None = None
+        self._dedupe_window_s = dedupe_window_s
+        self._retention_s = retention_s
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._wait_local_fsync = wait_local_fsync
+        self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
+        self._flushing = False
+
+    async def accept(self, incoming: Incoming) -> Accepted:
+        """Store one delivery; returns once it is durable. Raises QueueUnavailable."""
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._pending.append((incoming, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush_loop())
+        return await future
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._flush(batch)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
+        try:
+            try:
+                results = await self._store(batch)
+            except NoScriptError:
+                # The server restarted and lost its script cache: load it again. Safe to redo,
+                # since a delivery that did get stored is now answered as a duplicate of itself.
+                self._sha = None
+                results = await self._store(batch)
+        except (RedisError, OSError):
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(QueueUnavailable())
+            return
+        self._answer(batch, results)
+
+    async def _store(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> list[object]:
+        if self._sha is None:
+            self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
+        now_ms = int(time.time() * 1000)
+        ids = [new_delivery_id() for _ in batch]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for (incoming, _), delivery_id in zip(batch, ids, strict=True):
+                pipe.evalsha(
+                    self._sha,
+                    5,
+                    *[
+                        keys.seen(incoming.mapping, incoming.event_id),
+                        keys.delivery(delivery_id),
+                        arq_adapter.job_key(delivery_id),
+                        arq_adapter.QUEUE_KEY,
+                        keys.SEQ,
+                        incoming.mapping,
+                        incoming.provider,
+                        incoming.event_id,
+                        now_ms,
+                        orjson.dumps(dict(incoming.headers)),
+                        incoming.body,
+                        self._retention_s,
+                        arq_adapter.job_record(delivery_id, now_ms),
+                        now_ms,
+                        delivery_id,
+                        self._dedupe_window_s,
+                    ],
+                )
+            if self._wait_replicas:
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            if self._wait_local_fsync:
+                pipe.execute_command("WAITAOF", 1, 0, self._wait_timeout_ms)
+            results: list[object] = await pipe.execute()
+        return results
+
+    def _answer(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]], results: list[object]) -> None:
+        if self._wait_replicas and int(str(results[len(batch)])) < self._wait_replicas:
+            # Stored on the primary, but not on enough replicas: the provider will retry, and the
+            # retry is answered "duplicate" once the first copy exists, so nothing is lost.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(QueueUnavailable())
+            return
+        for (_, future), result in zip(batch, results[: len(batch)], strict=True):
+            assert isinstance(result, list)
+            created, delivery_id = int(result[0]), result[1]
+            if isinstance(delivery_id, bytes):
+                delivery_id = delivery_id.decode()
+            if not future.done():
+                future.set_result(Accepted(delivery_id=str(delivery_id), duplicate=not created))

@@ -1,0 +1,40 @@
+"""Every Redis key leadbridge writes, in one place. Lead values never appear in a key: record
+keys (emails, CRM ids) are hashed first."""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "lb:"
+DELIVERY = PREFIX + "d:"  # hash: one delivery (payload, state, attempts)
+SEEN = PREFIX + "seen:"  # string: dedupe record, mapping + event id -> delivery id
+SEQ = PREFIX + "seq"  # counter: arrival order of deliveries
+DONE = PREFIX + "done:"  # hash per delivery: command index -> result, for exactly-once effects
+LINK = PREFIX + "link:"  # string: link namespace + hashed key -> Connect entry id
+LOCK = PREFIX + "lock:"  # string with a lease: one command at a time per link + key
+ORDER = PREFIX + "order:"  # string: last applied `order` value per link + key
+DLQ = PREFIX + "dlq"  # sorted set: dead-lettered delivery ids by time
+CIRCUIT = PREFIX + "circuit"  # hash: shared upstream circuit breaker state
+RATE = PREFIX + "rate:"  # string counters: per-mapping accept rate limits
+HEARTBEAT = PREFIX + "worker:"  # string with TTL per worker process
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def delivery(delivery_id: str) -> str:
+    return DELIVERY + delivery_id
+
+
+def seen(mapping: str, event_id: str) -> str:
+    return f"{SEEN}{mapping}:{digest(event_id)}"
+
+
+def done(delivery_id: str) -> str:
+    return DONE + delivery_id
+
+
+def record(prefix: str, link: str, key: str) -> str:
+    """A per-record key (LINK, LOCK, ORDER) that never contains the record's own id in clear."""
+    return f"{prefix}{link}:{digest(key)}"

@@ -1,0 +1,192 @@
+"""The resources of one leadbridge process, built from Settings and closed in order.
+
+`Runtime` owns the Redis pool, the metrics, the loaded mappings and the ingest batcher; with
+`start_worker()` also the one pooled httpx client, the Connect client, the table cache and the
+arq worker. The web app's lifespan builds one (`serve`), or the CLI builds one and shares it
+between the web app and the worker (`run`). Nothing here is a module global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
+from bridge.connect.tables import TableCache
+from bridge.mapping.registry import MappingRegistry
+from bridge.metrics import Metrics
+from bridge.queue import arq_adapter, deliveries, keys
+from bridge.queue.ingest import Accepter
+from bridge.ratelimit import RateLimiter
+from bridge.settings import Settings
+from bridge.worker import Deliverer
+
+log = logging.getLogger("bridge.runtime")
+
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_TTL_S = 15
+
+
+def make_redis(url: str, max_connections: int = 256) -> Redis:
+    client: Redis = Redis.from_url(
+        url.replace("valkey://", "redis://").replace("valkeys://", "rediss://"),
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=15,
+        max_connections=max_connections,
+    )
+    return client
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str,
+        environ: Mapping[str, str] | None = None,
+        upstream: tuple[str, str] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        embedded: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.redis = make_redis(redis_url)
+        self.mappings = MappingRegistry(
+            settings.mappings_path, dict(environ if environ is not None else os.environ)
+        )
+        self.accepter = Accepter(
+            self.redis,
+            dedupe_window_s=settings.dedupe_window_s,
+            retention_s=settings.retention_s,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
+        self.limiter = RateLimiter(self.redis)
+        self._upstream = upstream
+        self._http_transport = http_transport
+        self._http: httpx.AsyncClient | None = None
+        self._worker: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.deliverer: Deliverer | None = None
+        del embedded
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def load_mappings(self) -> None:
+        """Load the mapping files; raises MappingValidationError (start-up stops)."""
+        self.mappings.load()
+        for mapping in self.mappings:
+            if getattr(mapping.provider, "insecure", False):
+                log.warning(
+                    "mapping %s uses provider `none`: anyone who knows the URL can create leads",
+                    mapping.name,
+                    extra={"mapping": mapping.name},
+                )
+
+    def start_background(self) -> None:
+        """Hot reload: SIGHUP and a poll of the mapping folder."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.mappings.reload)
+        self._tasks.append(loop.create_task(self.mappings.watch()))
+
+    async def start_worker(self) -> None:
+        if self._upstream is None:
+            base_url, key = self.settings.require_upstream()
+            self._upstream = (base_url, key.get_secret_value())
+        base_url, api_key = self._upstream
+        self._http = build_http_client(
+            timeout_s=self.settings.upstream_timeout_s,
+            max_connections=self.settings.upstream_max_connections,
+            transport=self._http_transport,
+        )
+        connect = ConnectClient(self._http, base_url, api_key, observe=self.metrics.observe_upstream)
+        self.deliverer = Deliverer(
+            redis=self.redis,
+            mappings=self.mappings,
+            connect=connect,
+            tables=TableCache(connect.get_table, self.settings.table_cache_ttl_s),
+            enrich=EnrichClient(self._http),
+            settings=self.settings,
+            metrics=self.metrics,
+        )
+        self._worker = arq_adapter.build_worker(
+            deliver=self.deliverer.deliver,
+            redis_pool=arq_adapter.wrap_pool(self.redis),
+            on_startup=None,
+            ctx={},
+            max_jobs=self.settings.worker_concurrency,
+            job_timeout_s=self.settings.job_timeout_s,
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._worker.async_run()))
+        self._tasks.append(loop.create_task(self._heartbeat()))
+
+    async def stop_worker(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs; let running ones finish within the grace period (else they rerun)."""
+        if self._worker is None:
+            return
+        await arq_adapter.drain(self._worker, self.settings.shutdown_grace_s if grace_s is None else grace_s)
+        self._worker = None
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(keys.HEARTBEAT + self.worker_id)
+        if self._http is not None:
+            await self._http.aclose()
+        await self.redis.aclose()
+
+    # -- observations ----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        key = keys.HEARTBEAT + self.worker_id
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.set(key, repr(time.time()), ex=HEARTBEAT_TTL_S)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def worker_heartbeats(self) -> int:
+        try:
+            found = [k async for k in self.redis.scan_iter(match=keys.HEARTBEAT + "*", count=100)]
+        except (RedisError, OSError):
+            return 0
+        return len(found)
+
+    async def refresh_gauges(self) -> None:
+        try:
+            depth, age = await deliveries.queue_stats(self.redis)
+            self.metrics.queue_depth.set(depth)
+            self.metrics.queue_oldest_age.set(age)
+            self.metrics.dlq_size.set(await deliveries.dlq_size(self.redis))
+            beats = [k async for k in self.redis.scan_iter(match=keys.HEARTBEAT + "*", count=100)]
+            if beats:
+                values = [v for v in await self.redis.mget(beats) if v is not None]
+                if values:
+                    self.metrics.worker_heartbeat.set(max(float(v) for v in values))
+        except (RedisError, OSError):
+            return
