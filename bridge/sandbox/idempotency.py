@@ -1,0 +1,86 @@
+"""Idempotency-Key records: a key's first successful answer, replayed to every retry of it.
+
+A request is identified by its fingerprint: method, path and the body in canonical form (JSON with
+sorted keys, so key order and whitespace do not matter). For one key:
+
+    no record                   execute; a 2xx answer is stored (a 4xx or 5xx does not lock the key)
+    record, same fingerprint    the stored status and body, replayed
+    record, other fingerprint   422
+
+Requests carrying the same key are serialised by a per-key asyncio lock, so two concurrent
+attempts never both execute: the second waits and gets the replay. Locks exist only while a
+request holds or waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    fingerprint: bytes
+    status: int
+    body: bytes
+
+
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+def fingerprint(method: str, path: str, document: Any) -> bytes:
+    """A digest of the request: method, path and the canonical JSON of its body."""
+    canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b"%s\0%s\0%s" % (method.encode(), path.encode(), canonical)).digest()
+
+
+class IdempotencyStore:
+    """Stored 2xx responses by key (`records`) and the per-key locks of requests in flight."""
+
+    __slots__ = ("_locks", "records")
+
+    def __init__(self) -> None:
+        self.records: dict[str, StoredResponse] = {}
+        self._locks: dict[str, _KeyLock] = {}
+
+    @asynccontextmanager
+    async def locked(self, key: str) -> AsyncIterator[None]:
+        slot = self._locks.get(key)
+        if slot is None:
+            slot = self._locks[key] = _KeyLock()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._locks[key]
+
+    def get(self, key: str) -> StoredResponse | None:
+        return self.records.get(key)
+
+    def store(self, key: str, fingerprint: bytes, status: int, body: bytes) -> None:
+        """Remember a successful answer; anything but a 2xx is ignored (it must not lock the key)."""
+        if 200 <= status < 300:
+            self.records[key] = StoredResponse(fingerprint, status, body)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def __len__(self) -> int:
+        return len(self.records)

@@ -1,0 +1,66 @@
+"""The batched durable accept, on a real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from bridge.errors import QueueUnavailable
+from bridge.queue import arq_adapter, keys
+from bridge.queue.ingest import Accepter, Incoming
+
+
+def _incoming(event_id: str, mapping: str = "m") -> Incoming:
+    return Incoming(mapping=mapping, provider="none", event_id=event_id, body=b'{"a":1}', headers={})
+
+
+async def test_accept_stores_delivery_job_and_dedupe_record(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    accepted = await accepter.accept(_incoming("e1"))
+    assert not accepted.duplicate
+    stored = await redis_client.hgetall(keys.delivery(accepted.delivery_id))
+    assert stored[b"body"] == b'{"a":1}'
+    assert stored[b"status"] == b"queued"
+    assert await redis_client.zscore(arq_adapter.QUEUE_KEY, accepted.delivery_id) is not None
+    assert await redis_client.exists(arq_adapter.job_key(accepted.delivery_id))
+    assert await redis_client.get(keys.seen("m", "e1")) == accepted.delivery_id.encode()
+    assert 0 < await redis_client.ttl(keys.seen("m", "e1")) <= 60
+    assert 60 < await redis_client.ttl(keys.delivery(accepted.delivery_id)) <= 120
+
+
+async def test_duplicates_within_one_batch_and_across_mappings(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    results = await asyncio.gather(
+        *(accepter.accept(_incoming("same")) for _ in range(50)),
+        accepter.accept(_incoming("same", mapping="other")),
+    )
+    firsts = [r for r in results[:50] if not r.duplicate]
+    assert len(firsts) == 1
+    assert {r.delivery_id for r in results[:50]} == {firsts[0].delivery_id}
+    assert not results[50].duplicate  # the same event id under another mapping is another event
+    assert await redis_client.zcard(arq_adapter.QUEUE_KEY) == 2
+
+
+async def test_many_concurrent_accepts_are_all_stored(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    results = await asyncio.gather(*(accepter.accept(_incoming(f"e{i}")) for i in range(1500)))
+    assert len({r.delivery_id for r in results}) == 1500
+    assert await redis_client.zcard(arq_adapter.QUEUE_KEY) == 1500
+
+
+async def test_unreachable_queue_is_queue_unavailable() -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.5)
+    accepter = Accepter(dead, dedupe_window_s=60, retention_s=120)
+    with pytest.raises(QueueUnavailable):
+        await accepter.accept(_incoming("e1"))
+    await dead.aclose()
+
+
+async def test_script_cache_loss_is_survived(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    await accepter.accept(_incoming("before"))
+    await redis_client.script_flush()
+    accepted = await accepter.accept(_incoming("after"))
+    assert not accepted.duplicate
