@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import uvicorn
@@ -36,6 +36,15 @@ class Upstream:
     api_key: str
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: the process handles SIGINT/SIGTERM once,
+    for every server it runs, and then shuts them down in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -49,7 +58,7 @@ def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn
         h11_max_incomplete_event_size=64 * 1024,
         server_header=False,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -76,7 +85,6 @@ async def _serve_until_signal(servers: list[tuple[uvicorn.Server, socket.socket]
             loop.add_signal_handler(sig, stop.set)
     tasks = []
     for server, sock in servers:
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -148,12 +156,12 @@ def _print_banner(base: str, runtime: Runtime, upstream: Upstream | None) -> Non
     lines = [
         "",
         f"leadbridge is running: webhooks at {base}/hooks/<mapping>",
-        f"  mappings loaded: {', '.join(sorted(runtime.mappings.names)) or '(none)'}",
+        f"  mappings loaded: {', '.join(sorted(runtime.mappings.current.names)) or '(none)'}",
         f"  upstream: {upstream.base_url if upstream else runtime.settings.connect_base_url}",
         f"  queue: {runtime.redis_url}",
         f"  metrics: {base}/metrics   health: {base}/readyz",
     ]
-    if upstream is not None and "website-contact" in runtime.mappings.names:
+    if upstream is not None and "website-contact" in runtime.mappings.current.names:
         lines += [
             "",
             "Send a first signed webhook (in another terminal):",

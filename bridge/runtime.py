@@ -68,9 +68,8 @@ class Runtime:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.redis = make_redis(redis_url)
-        self.mappings = MappingRegistry(
-            settings.mappings_path, dict(environ if environ is not None else os.environ)
-        )
+        self._environ = dict(environ if environ is not None else os.environ)
+        self._mappings: MappingRegistry | None = None
         self.accepter = Accepter(
             self.redis,
             dedupe_window_s=settings.dedupe_window_s,
@@ -90,10 +89,15 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def mappings(self) -> MappingRegistry:
+        assert self._mappings is not None, "load_mappings() first"
+        return self._mappings
+
     def load_mappings(self) -> None:
         """Load the mapping files; raises MappingValidationError (start-up stops)."""
-        self.mappings.load()
-        for mapping in self.mappings:
+        self._mappings = MappingRegistry(self.settings.mappings_path, self._environ)
+        for mapping in self._mappings.current:
             if getattr(mapping.provider, "insecure", False):
                 log.warning(
                     "mapping %s uses provider `none`: anyone who knows the URL can create leads",

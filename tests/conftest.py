@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,12 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def pipe(redis_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """The whole pipeline (sandbox + web + worker) with the `contact` standard-webhooks mapping."""
+    from tests.pipeline import pipeline
+
+    async with pipeline(redis_url, tmp_path / "mappings") as running:
+        yield running

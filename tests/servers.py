@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from bridge.processes import Server
+
 T = TypeVar("T")
 
 
@@ -22,8 +24,7 @@ async def serve(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await until(lambda: server.started or task.done(), timeout_s=10)

@@ -21,7 +21,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    checks: dict[str, object] = {"mappings": len(runtime.mappings.names)}
+    checks: dict[str, object] = {"mappings": len(runtime.mappings.current.names)}
     try:
         await runtime.redis.ping()
         checks["queue"] = "ok"
@@ -29,7 +29,7 @@ async def readyz(request: Request) -> Response:
         checks["queue"] = "unreachable"
     workers = await runtime.worker_heartbeats()
     checks["workers"] = workers
-    ready = checks["queue"] == "ok" and len(runtime.mappings.names) > 0
+    ready = checks["queue"] == "ok" and len(runtime.mappings.current.names) > 0
     return JSONResponse(
         {"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503
     )
