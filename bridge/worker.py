@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
 
@@ -213,7 +213,7 @@ class Deliverer:
 
     async def _apply_once(self, record: DeliveryRecord, command: LeadCommand) -> None:
         done_key = keys.done(record.id)
-        if await self.redis.hexists(done_key, str(command.index)):
+        if await cast(Awaitable[bool], self.redis.hexists(done_key, str(command.index))):
             return
         lock = keys.record(keys.LOCK, command.link, command.key) if command.key is not None else None
         token = uuid.uuid4().hex

@@ -9,7 +9,7 @@ instead of pickle (nothing read back from Redis can run code).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from arq import Retry
@@ -64,9 +64,9 @@ def build_worker(
     max_tries is set high enough never to be the one that gives up.
     """
     return Worker(
-        functions=[func(deliver, name=DELIVER_FUNCTION, max_tries=1_000_000)],
+        functions=[func(cast(Any, deliver), name=DELIVER_FUNCTION, max_tries=1_000_000)],
         redis_pool=redis_pool,
-        on_startup=on_startup,
+        on_startup=cast(Any, on_startup),
         ctx=ctx,
         max_jobs=max_jobs,
         job_timeout=job_timeout_s,

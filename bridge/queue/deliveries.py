@@ -11,7 +11,8 @@ dead-letter queue once it is delivered.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable
+from typing import Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,7 +61,9 @@ def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
 
 
 async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
-    raw: dict[bytes, bytes] = await redis.hgetall(keys.delivery(delivery_id))
+    raw: dict[bytes, bytes] = await cast(
+        Awaitable[dict[bytes, bytes]], redis.hgetall(keys.delivery(delivery_id))
+    )
     if not raw or b"mapping" not in raw:
         return None
     failed = raw.get(b"failed_command")
@@ -71,7 +74,7 @@ async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
         provider=_text(raw, "provider"),
         event_id=_text(raw, "event_id"),
         received_at=int(_text(raw, "received_at", "0")) / 1000,
-        status=_text(raw, "status", "queued"),  # type: ignore[arg-type]
+        status=_text(raw, "status", "queued"),
         seq=int(_text(raw, "seq", "0")),
         attempts=int(_text(raw, "attempts", "0")),
         reason=_text(raw, "reason") or None,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -129,28 +130,25 @@ class Accepter:
         ids = [new_delivery_id() for _ in batch]
         async with self._redis.pipeline(transaction=False) as pipe:
             for (incoming, _), delivery_id in zip(batch, ids, strict=True):
-                pipe.evalsha(
-                    self._sha,
-                    5,
-                    *[
-                        keys.seen(incoming.mapping, incoming.event_id),
-                        keys.delivery(delivery_id),
-                        arq_adapter.job_key(delivery_id),
-                        arq_adapter.QUEUE_KEY,
-                        keys.SEQ,
-                        incoming.mapping,
-                        incoming.provider,
-                        incoming.event_id,
-                        now_ms,
-                        orjson.dumps(dict(incoming.headers)),
-                        incoming.body,
-                        self._retention_s,
-                        arq_adapter.job_record(delivery_id, now_ms),
-                        now_ms,
-                        delivery_id,
-                        self._dedupe_window_s,
-                    ],
-                )
+                args: list[Any] = [
+                    keys.seen(incoming.mapping, incoming.event_id),
+                    keys.delivery(delivery_id),
+                    arq_adapter.job_key(delivery_id),
+                    arq_adapter.QUEUE_KEY,
+                    keys.SEQ,
+                    incoming.mapping,
+                    incoming.provider,
+                    incoming.event_id,
+                    now_ms,
+                    orjson.dumps(dict(incoming.headers)),
+                    incoming.body,
+                    self._retention_s,
+                    arq_adapter.job_record(delivery_id, now_ms),
+                    now_ms,
+                    delivery_id,
+                    self._dedupe_window_s,
+                ]
+                pipe.evalsha(self._sha, 5, *args)
             if self._wait_replicas:
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
             if self._wait_local_fsync:
