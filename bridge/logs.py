@@ -75,6 +75,9 @@ def configure(fmt: str, level: str = "info") -> None:
     root.setLevel(level.upper())
     # arq logs one line per job with its arguments; ours are ids only, but keep it quiet.
     logging.getLogger("arq").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO; enrich URLs can carry record ids. We log our own.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

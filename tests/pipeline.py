@@ -43,7 +43,9 @@ lead:
 """
 
 
-def sign(body: bytes, msg_id: str | None = None, timestamp: int | None = None, key: bytes = SECRET_KEY) -> dict[str, str]:
+def sign(
+    body: bytes, msg_id: str | None = None, timestamp: int | None = None, key: bytes = SECRET_KEY
+) -> dict[str, str]:
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     stamp = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()

@@ -28,7 +28,8 @@ async def test_signed_webhook_creates_one_entry_with_the_default_state(pipe: Pip
     entries = await pipe.entries()
     assert len(entries) == 1
     table = await pipe.http.get(
-        f"{pipe.sandbox_url}/connect/tables/{DEMO_TABLE_ID}", headers={"authorization": f"Bearer {DEMO_API_KEY}"}
+        f"{pipe.sandbox_url}/connect/tables/{DEMO_TABLE_ID}",
+        headers={"authorization": f"Bearer {DEMO_API_KEY}"},
     )
     default_state = next(s["id"] for s in table.json()["leadStates"] if s.get("default"))
     assert entries[0]["leadStateId"] == default_state

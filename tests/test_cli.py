@@ -1,0 +1,141 @@
+"""The `leadbridge` command as a newcomer uses it: real subprocesses, real ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "CONNECT_", "REDIS_"))}
+    env.update({"BRIDGE_DATA_DIR": str(tmp_path / "data"), "BRIDGE_LOG_FORMAT": "json"})
+    env.update(extra)
+    return env
+
+
+def _leadbridge(*args: str, env: dict[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BRIDGE_PORT", "eighty"),
+        ("BRIDGE_MAX_BODY_BYTES", "-5"),
+        ("REDIS_URL", "http://nope"),
+        ("BRIDGE_LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_setting_is_one_readable_line(tmp_path: Path, variable: str, value: str) -> None:
+    result = _leadbridge("run", "--sandbox", env=_env(tmp_path, **{variable: value}))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("leadbridge: error: ")
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_without_upstream_names_the_missing_variable(tmp_path: Path) -> None:
+    result = _leadbridge("run", env=_env(tmp_path))
+    assert result.returncode == 2
+    assert "CONNECT_BASE_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_explains_the_commands(tmp_path: Path) -> None:
+    result = _leadbridge("--help", env=_env(tmp_path))
+    assert result.returncode == 0
+    for command in ("run", "serve", "worker", "sandbox", "mappings", "dlq"):
+        assert command in result.stdout
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, dict[str, str]]]:
+    """`leadbridge run --sandbox` as the README says, on free ports."""
+    port = _free_port()
+    env = _env(tmp_path, BRIDGE_PORT=str(port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--sandbox", "--sandbox-port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    upstream = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"upstream: (http://\S+)", line)
+        if match:
+            upstream = match.group(1)
+        if "send-sample" in line:
+            break
+    assert upstream is not None, "".join(lines)
+    # Keep draining its output so the process never blocks on a full pipe.
+    drain = threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True)
+    drain.start()
+    try:
+        yield process, f"http://127.0.0.1:{port}", upstream, env
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        drain.join(timeout=10)
+        process.stdout.close()
+
+
+def test_run_sandbox_first_webhook_makes_one_lead(
+    running: tuple[subprocess.Popen[str], str, str, dict[str, str]],
+) -> None:
+    process, url, upstream, env = running
+    sent = _leadbridge("send-sample", "website-contact", "--url", url, env=env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "-> 202" in sent.stdout
+    deadline = time.monotonic() + 10
+    entries: list[object] = []
+    while time.monotonic() < deadline and not entries:
+        entries = httpx.get(f"{upstream}/sandbox/entries").json()["entries"]
+        time.sleep(0.05)
+    assert len(entries) == 1
+    events = [e["type"] for e in httpx.get(f"{upstream}/sandbox/events").json()["events"]]
+    assert events.count("table.entry.added") == 1
+    # A clean stop: SIGTERM drains and exits 0, and stops the embedded Valkey it started.
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    state = Path(env["BRIDGE_DATA_DIR"]) / "valkey" / "server.json"
+    assert not state.exists()

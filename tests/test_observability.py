@@ -1,0 +1,111 @@
+"""Metrics, logs and readiness, as an operator sees them."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bridge.logs import JSONFormatter
+from bridge.queue.embedded import EmbeddedValkey
+from tests.pipeline import Pipeline, pipeline, sign
+from tests.servers import until
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in exposition text (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = ",".join(sorted(p for p in (match.group(2) or "").split(",") if p))
+        if found == wanted:
+            return float(match.group(3))
+    return 0.0
+
+
+async def test_metrics_count_every_outcome(pipe: Pipeline) -> None:
+    raw = orjson.dumps({"data": {"email": "m@example.com", "first_name": "M"}})
+    headers = sign(raw, msg_id="msg_metrics")
+    first = await pipe.post("contact", raw, headers)
+    await pipe.post("contact", raw, headers)  # duplicate
+    await pipe.post("contact", raw, dict(headers, **{"webhook-signature": "v1,AAAA"}))  # unauthorized
+    bad = b"{not json"
+    await pipe.post("contact", bad, sign(bad))  # invalid
+    await pipe.http.post(
+        f"{pipe.url}/hooks/contact", content=b"x" * (pipe.runtime.settings.max_body_bytes + 1)
+    )  # too_large
+    await pipe.wait_status(first.json()["delivery_id"], "delivered")
+    text = (await pipe.http.get(f"{pipe.url}/metrics")).text
+    for outcome in ("accepted", "duplicate", "unauthorized", "invalid", "too_large"):
+        assert _sample(text, "leadbridge_webhooks_total", mapping="contact", outcome=outcome) == 1, outcome
+    assert (
+        _sample(text, "leadbridge_commands_total", mapping="contact", action="upsert", outcome="created") == 1
+    )
+    assert _sample(text, "leadbridge_upstream_request_seconds_count", method="POST", status="201") == 1
+    assert _sample(text, "leadbridge_signature_failures_total", mapping="contact") == 1
+    assert _sample(text, "leadbridge_ingest_seconds_count", mapping="contact") == 2
+    assert "leadbridge_queue_depth 0.0" in text
+    assert "leadbridge_dlq_size 0.0" in text
+
+
+async def test_metric_labels_carry_no_payload_values(pipe: Pipeline) -> None:
+    await pipe.post("does-not-exist-ada@example.com", b"{}", {})
+    text = (await pipe.http.get(f"{pipe.url}/metrics")).text
+    assert "ada@example.com" not in text
+    assert _sample(text, "leadbridge_webhooks_total", mapping="_unknown", outcome="not_found") == 1
+
+
+async def test_logs_carry_ids_and_no_lead_values_or_secrets(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    markers = {"email": "marker.ada.lovelace@example.org", "first_name": "Zebulon-Marker"}
+    raw = orjson.dumps({"data": markers})
+    response = await pipe.post("contact", raw, sign(raw))
+    delivery_id = response.json()["delivery_id"]
+    await pipe.wait_status(delivery_id, "delivered")
+    await pipe.post("contact", raw, dict(sign(raw), **{"webhook-signature": "v1,AAAA"}))
+    formatter = JSONFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    joined = "\n".join(lines)
+    assert delivery_id in joined
+    for value in (*markers.values(), "test-secret-key", "sandbox-key"):
+        assert value not in joined
+    parsed = [orjson.loads(line) for line in lines]
+    accepted = [p for p in parsed if p["msg"] == "webhook accepted"]
+    assert accepted and accepted[0]["mapping"] == "contact" and "duration_ms" in accepted[0]
+
+
+async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path / "own").start()
+    try:
+        async with pipeline(server.url, tmp_path / "mappings", worker=False) as pipe:
+            assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+            server.stop()
+
+            async def not_ready() -> bool:
+                return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 503
+
+            await until(not_ready, timeout_s=15)
+            raw = orjson.dumps({"data": {"email": "x@example.com"}})
+            refused = await pipe.post("contact", raw, sign(raw))
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"]
+            assert (await pipe.http.get(f"{pipe.url}/healthz")).status_code == 200
+            server.start()
+
+            async def ready() -> bool:
+                return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+
+            await until(ready, timeout_s=15)
+            again = await pipe.post("contact", raw, sign(raw))
+            assert again.status_code == 202
+    finally:
+        server.stop()
