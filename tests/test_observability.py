@@ -80,7 +80,9 @@ async def test_logs_carry_ids_and_no_lead_values_or_secrets(
         assert value not in joined
     parsed = [orjson.loads(line) for line in lines]
     accepted = [p for p in parsed if p["msg"] == "webhook accepted"]
-    assert accepted and accepted[0]["mapping"] == "contact" and "duration_ms" in accepted[0]
+    assert accepted
+    assert accepted[0]["mapping"] == "contact"
+    assert "duration_ms" in accepted[0]
 
 
 async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
