@@ -185,16 +185,13 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
     sandbox = args.command == "run" and args.sandbox
     environ = sandbox_environ(settings) if sandbox else dict(os.environ)
     upstream: Upstream | None = None
-    if not sandbox:
-        base_url, key = settings.require_upstream() if args.command != "serve" else ("", None)
-        upstream = Upstream(base_url, key.get_secret_value()) if key is not None else None
+    if args.command in ("run", "worker") and not sandbox:
+        base_url, key = settings.require_upstream()
+        upstream = Upstream(base_url, key.get_secret_value())
     sandbox_port = None
     if sandbox:
-        sandbox_port = (
-            args.sandbox_port
-            if args.sandbox_port is not None
-            else (settings.port + 10 if settings.port else 0)
-        )
+        default_port = settings.port + 10 if settings.port else 0
+        sandbox_port = args.sandbox_port if args.sandbox_port is not None else default_port
     with queue_url(settings) as url:
         asyncio.run(
             run_all(
