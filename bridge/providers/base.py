@@ -7,8 +7,12 @@ A provider is built once per mapping from that mapping's `verify:` options (vali
     payload  = provider.parse(verified)          # raises InvalidBody
     event_id = provider.event_id(verified, payload)
 
-`verify` checks the raw bytes exactly as received (never re-serialised JSON) and returns a
+`verify` first refuses a content type the provider never sends (`check_content_type`, 415),
+then checks the raw bytes exactly as received (never re-serialised JSON) and returns a
 `Verified`, the only thing `parse` accepts: an unverified request cannot reach the queue.
+(Salesforce must read its body to compare the organization id, so its `verify` may also raise
+InvalidBody.) Options holding a secret, token or password use the `Secrets` type: one value or
+a list during rotation, never empty. Event ids go through `short_id` (long ones are hashed).
 Providers with a handshake (Meta's GET `hub.challenge`) answer it in `handshake`, and providers
 that demand a particular success reply (Salesforce's SOAP Ack, Webflow's exact 200) give it in
 `accepted_response`.
@@ -22,9 +26,9 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from bridge.errors import UnsupportedMediaType
 
@@ -36,6 +40,21 @@ class ProviderOptions(BaseModel):
 
 
 OptionsT = TypeVar("OptionsT", bound=ProviderOptions)
+
+
+def _non_empty(value: SecretStr) -> SecretStr:
+    # An empty secret would be an HMAC key everybody knows: refuse it at load time.
+    if not value.get_secret_value():
+        raise ValueError("must not be empty")
+    return value
+
+
+# One secret (token, password) or a non-empty list of them, for rotation; never empty strings.
+Secret: TypeAlias = Annotated[SecretStr, AfterValidator(_non_empty)]
+Secrets: TypeAlias = Secret | Annotated[list[Secret], Field(min_length=1)]
+
+# Event ids become part of a dedupe key: longer ids are replaced by their hash.
+MAX_EVENT_ID_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,24 @@ class Provider(Generic[OptionsT]):
 
 def body_hash(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def short_id(value: str) -> str:
+    """An event id fit for a dedupe key: kept when short and printable ASCII, else hashed."""
+    if 0 < len(value) <= MAX_EVENT_ID_CHARS and value.isascii() and value.isprintable():
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def id_text(value: Any) -> str | None:
+    """A payload value usable as (part of) an id: a non-empty string or an integer, as text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value:
+        return value
+    return None
 
 
 def secrets_of(value: SecretStr | list[SecretStr]) -> list[bytes]:

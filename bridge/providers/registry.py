@@ -5,14 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.providers.base import Provider
+from bridge.providers.basic_auth import BasicAuthProvider
+from bridge.providers.calendly import CalendlyProvider
+from bridge.providers.close import CloseProvider
+from bridge.providers.generic_hmac import HmacProvider
+from bridge.providers.generic_token import TokenProvider
+from bridge.providers.hubspot import HubSpotProvider
+from bridge.providers.jotform import JotformProvider
+from bridge.providers.meta_lead_ads import MetaLeadAdsProvider
 from bridge.providers.none import NoneProvider
+from bridge.providers.pipedrive import PipedriveProvider
+from bridge.providers.salesforce import SalesforceProvider
 from bridge.providers.standard_webhooks import StandardWebhooksProvider
+from bridge.providers.tally import TallyProvider
+from bridge.providers.typeform import TypeformProvider
+from bridge.providers.webflow import WebflowProvider
 
 PROVIDERS: dict[str, type[Provider[Any]]] = {
     cls.name: cls
     for cls in (
         StandardWebhooksProvider,
+        HmacProvider,
         NoneProvider,
+        TypeformProvider,
+        TallyProvider,
+        CloseProvider,
+        WebflowProvider,
+        CalendlyProvider,
+        MetaLeadAdsProvider,
+        HubSpotProvider,
+        PipedriveProvider,
+        BasicAuthProvider,
+        JotformProvider,
+        TokenProvider,
+        SalesforceProvider,
     )
 }
 

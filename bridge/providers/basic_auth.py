@@ -1,0 +1,36 @@
+"""`basic-auth`: HTTP basic auth (RFC 7617) for tools that can send fixed credentials.
+
+The request must carry `Authorization: Basic base64(username:password)` with the configured
+`username` and one of the configured passwords (a list during rotation); both parts are always
+compared in constant time. Nothing is signed, so use it over HTTPS only. Any JSON, urlencoded or
+multipart body is accepted (see `generic`); the event id is a hash of the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from bridge.providers.base import InboundRequest, Provider, Secrets, Verified
+from bridge.providers.checks import check_basic
+from bridge.providers.generic import GENERIC_CONTENT_TYPES, GenericBodyOptions, parse_generic
+
+
+class BasicAuthOptions(GenericBodyOptions):
+    username: str = Field(min_length=1)
+    password: Secrets
+
+
+class BasicAuthProvider(Provider[BasicAuthOptions]):
+    name = "basic-auth"
+    Options = BasicAuthOptions
+    content_types = GENERIC_CONTENT_TYPES
+
+    def verify(self, request: InboundRequest, now_s: float) -> Verified:
+        self.check_content_type(request)
+        check_basic(request, self.options.username, self.options.password)
+        return Verified(request=request, provider=self.name)
+
+    def parse(self, verified: Verified) -> Any:
+        return parse_generic(verified, self.options.json_fields)

@@ -1,0 +1,134 @@
+"""`hubspot`: HubSpot app webhooks (batched CRM events), signature v3 (v2 and v1 on request).
+
+Sources: https://developers.hubspot.com/docs/apps/legacy-apps/authentication/validating-requests
+and the official SDK (HubSpot/hubspot-api-python, hubspot/utils/signature.py, whose test
+vectors the tests reproduce).
+
+- v3: `X-HubSpot-Signature-v3` is base64(HMAC-SHA256(client secret,
+  method + URI + raw body + X-HubSpot-Request-Timestamp)); the timestamp is Unix milliseconds
+  and HubSpot says to refuse requests older than 5 minutes (`tolerance_s`, both directions).
+  In the URI, the URL-encoded characters HubSpot lists (%3A : %2F / %3F ? %40 @ %21 ! %24 $
+  %27 ' %28 ( %29 ) %2A * %2C , %3B ;) are decoded first.
+- v2: `X-HubSpot-Signature-Version: v2`, `X-HubSpot-Signature` = hex SHA-256 of
+  client secret + method + URI + raw body (the URI exactly as called).
+- v1: `X-HubSpot-Signature-Version: v1`, `X-HubSpot-Signature` = hex SHA-256 of
+  client secret + raw body.
+
+Only the versions listed in `versions` (default `[v3]`) are accepted; v1 and v2 sign no
+timestamp, so a captured request can be replayed: enable them only for apps that need them.
+The URI is `public_url` — the URL HubSpot calls, for when a proxy or ingress rewrites what the
+app sees (the request's query string is appended when `public_url` has none) — else the URL
+as received. A delivery is a JSON array of events; the event id is their `eventId`s, sorted
+and joined (hashed when long).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from bridge.errors import Unauthorized
+from bridge.providers.base import (
+    InboundRequest,
+    Provider,
+    ProviderOptions,
+    Secrets,
+    Verified,
+    any_equal,
+    body_hash,
+    id_text,
+    secrets_of,
+    short_id,
+)
+from bridge.providers.checks import check_fresh, digest, header, integer_timestamp
+
+Version = Literal["v1", "v2", "v3"]
+
+# The characters HubSpot decodes in the URI before signing v3 (its docs' table).
+V3_DECODED = {
+    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
+    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
+}  # fmt: skip
+V3_PATTERN = re.compile("|".join(V3_DECODED), re.IGNORECASE)
+
+
+def decode_v3_uri(uri: str) -> str:
+    return V3_PATTERN.sub(lambda match: V3_DECODED[match.group(0).upper()], uri)
+
+
+class HubSpotOptions(ProviderOptions):
+    secret: Secrets  # the app's client secret
+    versions: list[Version] = Field(default_factory=lambda: list[Version](["v3"]), min_length=1)
+    public_url: str | None = None
+    tolerance_s: int = Field(default=300, gt=0)
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("public_url must be an absolute http(s) URL")
+        return value
+
+
+class HubSpotProvider(Provider[HubSpotOptions]):
+    name = "hubspot"
+    Options = HubSpotOptions
+
+    def __init__(self, options: HubSpotOptions) -> None:
+        super().__init__(options)
+        self._secrets = secrets_of(options.secret)
+
+    def uri(self, request: InboundRequest) -> str:
+        """The URI HubSpot signed: `public_url` (plus the request's query) or the URL as received."""
+        public_url = self.options.public_url
+        if public_url is None:
+            return request.url
+        query = urlsplit(request.url).query
+        if query and "?" not in public_url:
+            return f"{public_url}?{query}"
+        return public_url
+
+    def verify(self, request: InboundRequest, now_s: float) -> Verified:
+        self.check_content_type(request)
+        legacy_version = request.headers.get("x-hubspot-signature-version", "")
+        for version in self.options.versions:
+            if version == "v3" and "x-hubspot-signature-v3" in request.headers:
+                self._verify_v3(request, now_s)
+                return Verified(request=request, provider=self.name, facts={"signature": "v3"})
+            if version in ("v1", "v2") and legacy_version == version:
+                self._verify_legacy(request, version)
+                return Verified(request=request, provider=self.name, facts={"signature": version})
+        raise Unauthorized("no accepted HubSpot signature version present")
+
+    def _verify_v3(self, request: InboundRequest, now_s: float) -> None:
+        given = [header(request, "X-HubSpot-Signature-v3").encode()]
+        raw_ts = header(request, "X-HubSpot-Request-Timestamp")
+        check_fresh(integer_timestamp(raw_ts) / 1000, now_s, self.options.tolerance_s)
+        uri = decode_v3_uri(self.uri(request))
+        message = (request.method + uri).encode() + request.body + raw_ts.encode()
+        expected = [base64.b64encode(digest(secret, message)) for secret in self._secrets]
+        if not any_equal(given, expected):
+            raise Unauthorized("no matching signature")
+
+    def _verify_legacy(self, request: InboundRequest, version: Version) -> None:
+        given = [header(request, "X-HubSpot-Signature").lower().encode()]
+        signed = request.body
+        if version == "v2":
+            signed = (request.method + self.uri(request)).encode() + request.body
+        expected = [hashlib.sha256(secret + signed).hexdigest().encode() for secret in self._secrets]
+        if not any_equal(given, expected):
+            raise Unauthorized("no matching signature")
+
+    def event_id(self, verified: Verified, payload: Any) -> str:
+        events = payload if isinstance(payload, list) else [payload]
+        ids = [id_text(event.get("eventId")) if isinstance(event, dict) else None for event in events]
+        if not ids or None in ids:
+            return body_hash(verified.request.body)
+        return short_id(",".join(sorted((i for i in ids if i), key=lambda i: (len(i), i))))
