@@ -1,0 +1,243 @@
+"""Create / patch / upsert semantics against the sandbox, through the whole pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.sandbox import DEMO_TABLE_ID
+from bridge.sandbox.tables import CustomFieldSpec
+from tests.pipeline import SECRET, Pipeline, pipeline, sign
+from tests.servers import until
+
+HEADER = f"""\
+version: 1
+provider: standard-webhooks
+verify:
+  secret: ${{CONTACT_SECRET}}
+table: {DEMO_TABLE_ID}
+"""
+
+CRM = (
+    HEADER
+    + """\
+name: crm
+action: upsert
+key: id
+lead:
+  state: {path: stage, map: {lead: New, sql: Qualified, won: Won}}
+  data:
+    email: {path: email, when: "email != null"}
+    phone: {path: phone, when: "contains(keys(@), 'phone')", on_null: delete}
+    company: {path: company, when: "company != null"}
+  custom_fields:
+    Budget: {path: budget, when: "budget != null", then: [number]}
+  follow_up_date: {path: follow_up, then: [datetime]}
+"""
+)
+
+PATCH_ONLY = (
+    HEADER
+    + """\
+name: crm-patch
+action: patch
+link: crm
+key: id
+lead:
+  data:
+    note: note
+"""
+)
+
+REQUIRED = (
+    HEADER
+    + """\
+name: strict
+action: create
+key: id
+lead:
+  data:
+    email: {path: email, required: true}
+"""
+)
+
+FANOUT = (
+    HEADER
+    + """\
+name: batch
+action: upsert
+each: "contacts"
+key: id
+lead:
+  data:
+    email: email
+"""
+)
+
+GATED = (
+    HEADER
+    + """\
+name: gated
+action: create
+when: "type == 'lead'"
+lead:
+  data:
+    email: email
+"""
+)
+
+REGION = (
+    HEADER
+    + """\
+name: region
+action: create
+lead:
+  custom_fields:
+    Region: region
+"""
+)
+
+
+@pytest.fixture
+async def crm(redis_url: str, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    files = {
+        "crm.yaml": CRM,
+        "crm-patch.yaml": PATCH_ONLY,
+        "strict.yaml": REQUIRED,
+        "batch.yaml": FANOUT,
+        "gated.yaml": GATED,
+    }
+    async with pipeline(
+        redis_url, tmp_path / "mappings", mapping_files=files, environ={"CONTACT_SECRET": SECRET}
+    ) as running:
+        yield running
+
+
+async def _send(pipe: Pipeline, name: str, payload: dict[str, Any], *final: str) -> str:
+    raw = orjson.dumps(payload)
+    response = await pipe.post(name, raw, sign(raw))
+    assert response.status_code == 202, response.text
+    delivery_id: str = response.json()["delivery_id"]
+    await pipe.wait_status(delivery_id, *(final or ("delivered",)))
+    return delivery_id
+
+
+async def _only_entry(pipe: Pipeline) -> dict[str, Any]:
+    entries = await pipe.entries()
+    assert len(entries) == 1
+    return entries[0]
+
+
+async def test_merge_patch_keeps_untouched_keys(crm: Pipeline) -> None:
+    await _send(crm, "crm", {"id": 7, "email": "a@example.com", "company": "Acme", "stage": "lead"})
+    await _send(crm, "crm", {"id": 7, "company": "Acme Ltd"})
+    entry = await _only_entry(crm)
+    assert entry["data"] == {"email": "a@example.com", "company": "Acme Ltd"}
+
+
+async def test_null_deletes_only_when_the_source_cleared_it(crm: Pipeline) -> None:
+    await _send(crm, "crm", {"id": 8, "email": "b@example.com", "phone": "+4930123456"})
+    await _send(crm, "crm", {"id": 8, "company": "B"})  # no phone key: untouched
+    assert (await _only_entry(crm))["data"]["phone"] == "+4930123456"
+    await _send(crm, "crm", {"id": 8, "phone": None})  # cleared at the source: deleted
+    data = (await _only_entry(crm))["data"]
+    assert "phone" not in data
+    assert data["email"] == "b@example.com"
+
+
+async def test_a_state_change_fires_exactly_one_event(crm: Pipeline) -> None:
+    await _send(crm, "crm", {"id": 9, "email": "c@example.com", "stage": "lead"})
+    await _send(crm, "crm", {"id": 9, "stage": "sql"})
+    await _send(crm, "crm", {"id": 9, "stage": "sql"})  # same state again: no event
+    changes = [e for e in await crm.events() if e["type"] == "table.entry.leadState.changed"]
+    assert len(changes) == 2  # the initial one on create, then New -> Qualified
+    assert changes[1]["previousLeadStateId"] == changes[0]["leadStateId"]
+    assert changes[1]["leadStateId"] != changes[0]["leadStateId"]
+    assert [e["type"] for e in await crm.events()].count("table.entry.added") == 1
+
+
+async def test_follow_up_date_on_create_is_applied_right_after(crm: Pipeline) -> None:
+    await _send(crm, "crm", {"id": 10, "email": "d@example.com", "follow_up": 1767225600})
+    entry = await _only_entry(crm)
+    assert entry["followUpDate"].startswith("2026-01-01T00:00:00")
+
+
+async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
+    raw = orjson.dumps({"id": 11, "note": "called back"})
+    early = (await crm.post("crm-patch", raw, sign(raw))).json()["delivery_id"]
+
+    async def retried() -> bool:
+        return int(await crm.redis.hget(f"lb:d:{early}", "attempts") or 0) >= 1
+
+    await until(retried)
+    await _send(crm, "crm", {"id": 11, "email": "e@example.com"})
+    await crm.wait_status(early, "delivered")
+    assert (await _only_entry(crm))["data"] == {"email": "e@example.com", "note": "called back"}
+
+
+async def test_patch_without_a_create_dead_letters_with_the_reason(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"crm-patch.yaml": PATCH_ONLY},
+        environ={"CONTACT_SECRET": SECRET},
+        BRIDGE_LINK_WAIT_S=0.3,
+    ) as pipe:
+        delivery_id = await _send(pipe, "crm-patch", {"id": 12, "note": "x"}, "dead")
+        reason = (await pipe.redis.hget(f"lb:d:{delivery_id}", "reason")).decode()
+        assert "no entry is linked" in reason
+        assert await pipe.entries() == []
+
+
+async def test_required_null_dead_letters_then_replay_after_fix(crm: Pipeline) -> None:
+    delivery_id = await _send(crm, "strict", {"id": 13}, "dead")
+    reason = (await crm.redis.hget(f"lb:d:{delivery_id}", "reason")).decode()
+    assert "email" in reason
+    assert await crm.redis.zscore("lb:dlq", delivery_id) is not None
+    assert await crm.entries() == []
+
+
+async def test_each_fans_out_one_command_per_element(crm: Pipeline) -> None:
+    contacts = [{"id": i, "email": f"f{i}@example.com"} for i in range(5)]
+    await _send(crm, "batch", {"contacts": contacts})
+    assert len(await crm.entries()) == 5
+
+
+async def test_fan_out_over_the_bound_dead_letters(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"batch.yaml": FANOUT},
+        environ={"CONTACT_SECRET": SECRET},
+        BRIDGE_MAX_COMMANDS_PER_DELIVERY=3,
+    ) as pipe:
+        contacts = [{"id": i, "email": f"g{i}@example.com"} for i in range(4)]
+        await _send(pipe, "batch", {"contacts": contacts}, "dead")
+        assert await pipe.entries() == []
+
+
+async def test_when_false_is_ignored_and_calls_nothing(crm: Pipeline) -> None:
+    await _send(crm, "gated", {"type": "ping", "email": "h@example.com"}, "ignored")
+    assert await crm.entries() == []
+    text = (await crm.http.get(f"{crm.url}/metrics")).text
+    assert 'leadbridge_webhooks_total{mapping="gated",outcome="ignored"} 1.0' in text
+
+
+async def test_custom_field_added_upstream_is_found_by_refreshing(redis_url: str, tmp_path: Path) -> None:
+    files = {"crm.yaml": CRM, "region.yaml": REGION}
+    async with pipeline(
+        redis_url, tmp_path / "m", mapping_files=files, environ={"CONTACT_SECRET": SECRET}
+    ) as pipe:
+        await _send(pipe, "crm", {"id": 14, "email": "i@example.com", "budget": "12"})  # caches the table
+        table = pipe.sandbox.table(DEMO_TABLE_ID)
+        spec = table.spec
+        region = CustomFieldSpec(id="region-field-id", name="Region", type="text")
+        pipe.sandbox.add_table(spec.model_copy(update={"customFields": [*spec.customFields, region]}))
+        await _send(pipe, "region", {"region": "EMEA"})
+        created = [e for e in await pipe.entries() if "region-field-id" in e["customFieldData"]]
+        assert len(created) == 1
+        assert created[0]["customFieldData"]["region-field-id"] == "EMEA"
