@@ -94,11 +94,14 @@ def sandbox_environ(settings: Settings) -> dict[str, str]:
     folder = settings.mappings_path if settings.mappings_path.is_dir() else settings.mappings_path.parent
     env_file = folder / SANDBOX_ENV
     if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, _, value = line.partition("=")
-                environ.setdefault(key.strip(), value.strip())
+        from bridge.mapping.env import read_env_file
+
+        try:
+            demo = read_env_file(env_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for key, value in demo.items():
+            environ.setdefault(key, value)
     return environ
 
 

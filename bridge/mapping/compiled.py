@@ -1,0 +1,208 @@
+"""A validated mapping, compiled once: `CompiledMapping.plan(payload)` gives the lead commands.
+
+    plan = await mapping.plan(payload, enrich=fetcher)   # Plan(ignored=..., commands=[...])
+
+Per delivery: `when` over the payload (falsy: ignored); `each` (one command per list element,
+at most `max_commands`); per element an optional `enrich` fetch whose JSON appears beside the
+element's keys under `as`; then `key`, `order` (normalised to epoch milliseconds as decimal text),
+and the lead fields. Nothing is validated again here: commands are built with `model_construct`,
+since every value was checked or produced by the compiled steps. `MappingError` messages name
+fields, never payload values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from bridge.errors import MappingError
+from bridge.mapping.commands import EXTRA_FIELDS, LeadCommand, Plan
+from bridge.mapping.expressions import Compiler, Expr, truthy
+from bridge.mapping.models import URL_PART, EnrichSpec, MappingFile, ValueObject
+from bridge.mapping.transforms import epoch_ms_text, stringify
+from bridge.mapping.values import OMIT, Evaluator, compile_value, guarded
+from bridge.providers.base import Provider
+
+
+class EnrichFetcher(Protocol):
+    """GETs an enrich URL and gives its JSON; the worker's retries and errors live behind it."""
+
+    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any: ...
+
+
+def _text(value: Any, field: str) -> str | None:
+    """A key or state as text: numbers without '.0'; '' counts as null; objects are refused."""
+    if isinstance(value, dict | list):
+        raise MappingError(f"{field}: must be a string or a number, not {_kind(value)}")
+    text = stringify(value)
+    return text if text else None
+
+
+class CompiledEnrich:
+    """The `enrich:` step: the URL for an element, and the element with the fetched record beside it.
+
+    The worker's fetcher may read `timeout_s` (per attempt) and `headers` (already substituted).
+    A non-object element (an id in a list) becomes `{as: record}`.
+    """
+
+    def __init__(self, spec: EnrichSpec, compiler: Compiler) -> None:
+        self.url_template = spec.url
+        self.headers: dict[str, str] = dict(spec.headers)
+        self.as_key = spec.as_
+        self.timeout_s = spec.timeout_s
+        self._parts: list[str | tuple[str, Expr]] = []
+        position = 0
+        for match in URL_PART.finditer(spec.url):
+            self._parts.append(spec.url[position : match.start()])
+            text = match.group(1).strip()
+            self._parts.append((text, guarded(compiler.compile(text), "enrich.url")))
+            position = match.end()
+        self._parts.append(spec.url[position:])
+
+    def url_for(self, element: Any) -> str:
+        out: list[str] = []
+        for part in self._parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            text, expr = part
+            value = _text(expr(element), f"enrich.url {{{text}}}")
+            if value is None:
+                raise MappingError(f"enrich.url: {{{text}}} resolved to null")
+            out.append(quote(value, safe=""))
+        return "".join(out)
+
+    async def apply(self, element: Any, fetcher: EnrichFetcher) -> Any:
+        record = await fetcher(self.url_for(element), self.headers)
+        if isinstance(element, dict):
+            return {**element, self.as_key: record}
+        return {self.as_key: record}
+
+
+class CompiledMapping:
+    """One mapping, ready to plan. Attributes are read-only by convention."""
+
+    def __init__(
+        self,
+        spec: MappingFile,
+        provider: Provider[Any],
+        source_path: Path,
+        env_values: Mapping[str, str] | None = None,
+    ) -> None:
+        compiler = Compiler()
+        self.spec = spec
+        self.name = spec.name
+        self.provider_name = spec.provider
+        self.provider = provider
+        self.table = spec.table
+        self.action = spec.action
+        self.link = spec.link or spec.name
+        self.source_path = source_path
+        # values of the ${VAR}s this file used: only for redacting them from dry-run output
+        self.env_values: Mapping[str, str] = dict(env_values or {})
+        self._when = guarded(compiler.compile(spec.when), "when") if spec.when else None
+        self._each = guarded(compiler.compile(spec.each), "each") if spec.each else None
+        self._key = compile_value(spec.key, "key", compiler) if spec.key is not None else None
+        self._order = compile_value(spec.order, "order", compiler) if spec.order is not None else None
+        self.enrich = CompiledEnrich(spec.enrich, compiler) if spec.enrich else None
+        lead = spec.lead
+        self._state = compile_value(lead.state, "lead.state", compiler) if lead.state is not None else None
+        self._data = _compile_fields(lead.data, "lead.data", compiler)
+        self._custom_fields = _compile_fields(lead.custom_fields, "lead.custom_fields", compiler)
+        extras: dict[str, str | ValueObject | None] = {
+            "follow_up_date": lead.follow_up_date,
+            "first_opened_at": lead.first_opened_at,
+            "appointment_type": lead.appointment_type,
+        }
+        self._extras = [
+            (EXTRA_FIELDS[name], compile_value(value, f"lead.{name}", compiler))
+            for name, value in extras.items()
+            if value is not None
+        ]
+        self._needs_key = spec.action in ("patch", "upsert")
+
+    def __repr__(self) -> str:
+        return f"CompiledMapping(name={self.name!r}, provider={self.provider_name!r}, action={self.action!r})"
+
+    async def plan(
+        self, payload: Any, *, enrich: EnrichFetcher | None = None, max_commands: int = 100
+    ) -> Plan:
+        if self._when is not None and not truthy(self._when(payload)):
+            return Plan.model_construct(ignored=True, commands=[])
+        if self._each is None:
+            elements = [payload]
+        else:
+            found = self._each(payload)
+            if not isinstance(found, list):
+                raise MappingError(f"each: did not give a list (got {_kind(found)})")
+            if len(found) > max_commands:
+                raise MappingError(
+                    f"each: {len(found)} elements, over the limit of {max_commands} per delivery"
+                )
+            elements = found
+        if self.enrich is not None and enrich is None and elements:
+            raise MappingError("enrich: this mapping fetches records, but no fetcher was given")
+        commands: list[LeadCommand] = []
+        for index, element in enumerate(elements):
+            if self.enrich is not None:
+                assert enrich is not None
+                element = await self.enrich.apply(element, enrich)
+            commands.append(self.command(index, element))
+        return Plan.model_construct(ignored=False, commands=commands)
+
+    def command(self, index: int, element: Any) -> LeadCommand:
+        """The lead command for one (enriched) element."""
+        key: str | None = None
+        if self._key is not None and (raw := self._key(element)) is not OMIT:
+            key = _text(raw, "key")
+        if key is None and self._needs_key:
+            raise MappingError(f"key: resolved to null ({self.action} needs the source record's id)")
+        order: str | None = None
+        if self._order is not None and (raw := self._order(element)) is not OMIT:
+            order = epoch_ms_text(raw)
+        state: str | None = None
+        if self._state is not None:
+            value = self._state(element)
+            if value is not OMIT:
+                state = _text(value, "lead.state")
+        data = {name: value for name, evaluate in self._data if (value := evaluate(element)) is not OMIT}
+        custom = {
+            name: value for name, evaluate in self._custom_fields if (value := evaluate(element)) is not OMIT
+        }
+        extras = {name: value for name, evaluate in self._extras if (value := evaluate(element)) is not OMIT}
+        return LeadCommand.model_construct(
+            mapping=self.name,
+            index=index,
+            action=self.action,
+            table=self.table,
+            link=self.link,
+            key=key,
+            order=order,
+            state=state,
+            data=data,
+            custom_fields=custom,
+            extras=extras,
+        )
+
+
+def _compile_fields(
+    fields: Mapping[str, str | ValueObject], prefix: str, compiler: Compiler
+) -> list[tuple[str, Evaluator]]:
+    return [(name, compile_value(spec, f"{prefix}.{name}", compiler)) for name, spec in fields.items()]
+
+
+def _kind(value: Any) -> str:
+    """A JSON type name (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,145 @@
+"""Reading one mapping file: YAML with line numbers kept, `${VAR}` substituted in every string.
+
+`read_source(path, environ)` gives a `Source`: the plain data (dicts, lists, scalars), the line of
+every key path (`("lead", "data", "email")` -> 12), the variables it used and the problems met
+(YAML syntax, duplicate keys, missing variables), already as `file:line: field.path: message`.
+`Source.line_of(loc)` finds the line for a pydantic error location, skipping the union tags and
+`[key]` markers pydantic puts into it, and `Source.problem(loc, message)` formats one problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.mapping.env import substitute
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Source:
+    path: Path
+    data: Any = None
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    env_used: dict[str, str] = field(default_factory=dict, repr=False)
+    env_missing: set[Loc] = field(default_factory=set)  # paths whose variable was missing
+
+    def resolve(self, loc: tuple[Any, ...]) -> tuple[Loc, int]:
+        """(the field path that exists in the data, plus a trailing missing key; its line)."""
+        node: Any = self.data
+        kept: list[str | int] = []
+        for position, part in enumerate(loc):
+            in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if in_dict or in_list:
+                node = node[part]
+                kept.append(part)
+            elif position == len(loc) - 1 and isinstance(part, str) and not part.startswith(("<", "[")):
+                kept.append(part)  # a missing key: reported at its parent's line
+            # anything else is a union tag or a `[key]` marker: not part of the file
+        path = tuple(kept)
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return path, line
+        return path, 1
+
+    def problem(self, loc: tuple[Any, ...], message: str) -> str:
+        path, line = self.resolve(loc)
+        return f"{self.path}:{line}: {format_path(path) or '(file)'}: {message}"
+
+
+def format_path(path: tuple[Any, ...]) -> str:
+    """("lead", "data", "email", "then", 0) -> 'lead.data.email.then[0]'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def read_source(path: Path, environ: Mapping[str, str]) -> Source:
+    source = Source(path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        source.problems.append(f"{path}:1: (file): cannot read: {type(exc).__name__}")
+        return source
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            source.problems.append(f"{path}:1: (file): the file is empty")
+            return source
+        source.data = _Builder(source, loader, environ).build(node, ())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        source.problems.append(f"{path}:{line}: (yaml): {what or 'invalid YAML'}")
+    except yaml.YAMLError as exc:
+        source.problems.append(f"{path}:1: (yaml): {type(exc).__name__}")
+    finally:
+        loader.dispose()
+    return source
+
+
+class _Builder:
+    """Turns composed YAML nodes into plain data, recording lines and substituting variables."""
+
+    def __init__(self, source: Source, loader: yaml.SafeLoader, environ: Mapping[str, str]) -> None:
+        self.source = source
+        self.loader = loader
+        self.environ = environ
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.source.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)  # YAML merge keys (<<)
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool) and key is not None:
+                    raise yaml.MarkedYAMLError(
+                        problem="a key must be a scalar", problem_mark=key_node.start_mark
+                    )
+                if isinstance(key, str):
+                    key = self._substitute(key, loc, key_node.start_mark.line + 1)
+                child = (*loc, key if isinstance(key, str) else str(key))
+                if key in result:
+                    line = key_node.start_mark.line + 1
+                    self.source.problems.append(
+                        f"{self.source.path}:{line}: {format_path(child)}: duplicate key {key!r}"
+                    )
+                self.source.lines[child] = key_node.start_mark.line + 1
+                result[key] = self.build(value_node, child)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, index)) for index, item in enumerate(node.value)]
+        value = self.loader.construct_object(node, deep=True)
+        if isinstance(value, date):  # an unquoted YAML timestamp: keep it as the ISO text
+            value = value.isoformat()
+        if isinstance(value, str):
+            value = self._substitute(value, loc, node.start_mark.line + 1)
+        return value
+
+    def _substitute(self, text: str, loc: Loc, line: int) -> str:
+        result, missing, used = substitute(text, self.environ)
+        self.source.env_used.update(used)
+        if missing:
+            self.source.env_missing.add(loc)
+        for name in missing:
+            self.source.problems.append(
+                f"{self.source.path}:{line}: {format_path(loc) or '(file)'}: "
+                f"environment variable {name} is not set and has no default"
+            )
+        return result

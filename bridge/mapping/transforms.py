@@ -1,0 +1,365 @@
+"""The named transforms a value's `then:` applies, and the value conversions they share.
+
+Every transform takes one JSON value and gives one; a value it cannot convert gives None (the
+value's `default` and `required` then apply), never an exception. None stays None.
+
+| name | does |
+|---|---|
+| trim, lower, upper, title | string case and whitespace; other values unchanged |
+| empty_to_null | "" (or only whitespace), [] and {} become null |
+| string | text; numbers without a needless ".0", booleans as true/false, lists/objects as JSON |
+| number | int or float, from text too ("5,000.50", "5.000,50", "$ 300"); integral values as int |
+| integer | like number, but only integral values (1.5 gives null) |
+| boolean | true/false, 1/0, and text yes/no, y/n, true/false, on/off, 1/0, checked/unchecked |
+| email | trim + lower (and drop a `mailto:`); not an address gives null |
+| phone_e164 | E.164 text via phonenumbers (options below) |
+| datetime | ISO-8601 UTC with `Z`; in: epoch s or ms, ISO-8601, RFC 2822, common dates |
+
+Options, written as a one-key object in `then:`:
+`{phone_e164: {region: DE}}` reads numbers without a country code as German; `strict: false`
+keeps numbers that are merely possible (not known valid). `{datetime: {format: "%d.%m.%Y",
+tz: Europe/Berlin}}` accepts only that strptime format; `tz` is the zone of inputs without one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from email.utils import parsedate_to_datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Transform = Callable[[Any], Any]
+
+TRANSFORM_NAMES = (
+    "trim",
+    "lower",
+    "upper",
+    "title",
+    "empty_to_null",
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "email",
+    "phone_e164",
+    "datetime",
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$")
+_NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
+_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
+_CURRENCY = " \t$€£¥₹"
+_TRUE = frozenset({"true", "yes", "y", "1", "on", "checked"})
+_FALSE = frozenset({"false", "no", "n", "0", "off", "unchecked"})
+_DATE_FORMATS = (
+    "%Y/%m/%d",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d %H:%M:%S",
+    "%d.%m.%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%m/%d/%Y",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %I:%M %p",
+    "%d-%m-%Y",
+    "%B %d, %Y",
+    "%b %d, %Y",
+    "%d %B %Y",
+    "%d %b %Y",
+)
+
+
+class PhoneOptions(BaseModel):
+    """`{phone_e164: {region: DE, strict: true}}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str | None = Field(
+        default=None, description="ISO 3166 region for numbers written without a country code, e.g. DE"
+    )
+    strict: bool = Field(
+        default=True, description="true: only numbers valid for their region; false: any possible number"
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r} (use an ISO 3166 code such as DE or US)")
+        return region
+
+
+class DatetimeOptions(BaseModel):
+    """`{datetime: {format: "%d.%m.%Y %H:%M", tz: Europe/Berlin}}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str | None = Field(default=None, description="strptime format; only this format is accepted")
+    tz: str | None = Field(
+        default=None, description="IANA time zone of inputs without an offset (default UTC)"
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone_of(value)
+        return value
+
+
+def zone_of(name: str) -> tzinfo:
+    if name.upper() in ("UTC", "Z"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+
+
+OPTION_MODELS: dict[str, type[BaseModel]] = {"phone_e164": PhoneOptions, "datetime": DatetimeOptions}
+
+
+def build_transform(name: str, options: BaseModel | None = None) -> Transform:
+    """The function for a transform name (validated at load) and its options."""
+    if name == "phone_e164":
+        phone = options if isinstance(options, PhoneOptions) else PhoneOptions()
+        return lambda value: to_phone_e164(value, phone.region, phone.strict)
+    if name == "datetime":
+        when = options if isinstance(options, DatetimeOptions) else DatetimeOptions()
+        zone = zone_of(when.tz) if when.tz else UTC
+        fmt = when.format
+        return lambda value: format_datetime(parse_datetime(value, fmt=fmt, zone=zone))
+    return _SIMPLE[name]
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def _text(method: Callable[[str], str]) -> Transform:
+    def apply(value: Any) -> Any:
+        return method(value) if isinstance(value, str) else value
+
+    return apply
+
+
+def empty_to_null(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if isinstance(value, list | dict) and not value:
+        return None
+    return value
+
+
+def stringify(value: Any) -> str | None:
+    """Text for a key, a template part or `string`: 5.0 -> '5', True -> 'true', None -> None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        return repr(value)
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return str(value)
+
+
+# --- numbers ------------------------------------------------------------------------------------
+
+
+def to_number(value: Any) -> int | float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if not isinstance(value, str):
+        return None
+    text = value.strip(_CURRENCY).replace(" ", "").replace("_", "").replace("\u00a0", "")
+    if "," in text:
+        if "." in text:
+            # the later separator is the decimal one: 5,000.50 or 5.000,50
+            if text.rfind(",") > text.rfind("."):
+                text = text.replace(".", "").replace(",", ".")
+            else:
+                text = text.replace(",", "")
+        elif _THOUSANDS_COMMA.match(text):
+            text = text.replace(",", "")
+        else:
+            text = text.replace(",", ".")
+    if not _NUMERIC.match(text):
+        return None
+    if "." not in text and "e" not in text.lower():
+        return int(text)
+    return to_number(float(text))
+
+
+def to_integer(value: Any) -> int | None:
+    number = to_number(value)
+    if isinstance(number, float):
+        return None  # to_number already gave int for integral floats
+    return number
+
+
+def to_boolean(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
+
+
+# --- contact ------------------------------------------------------------------------------------
+
+
+def to_email(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    if text.startswith("mailto:"):
+        text = text[len("mailto:") :]
+    return text if _EMAIL.match(text) else None
+
+
+def to_phone_e164(value: Any, region: str | None = None, strict: bool = True) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    return _phone_e164(value, region, strict)
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone_e164(value: str, region: str | None, strict: bool) -> str | None:
+    """Parsing costs ~20 µs; the same contact's number recurs (upserts, retries), so keep results."""
+    text = value.strip()
+    if not text:
+        return None
+    if region is None and text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    ok = phonenumbers.is_valid_number(number) if strict else phonenumbers.is_possible_number(number)
+    if not ok:
+        return None
+    result: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return result
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+
+def parse_datetime(value: Any, *, fmt: str | None = None, zone: tzinfo = UTC) -> datetime | None:
+    """An aware datetime from epoch seconds/ms (number or numeric text) or date text; else None."""
+    try:
+        return _parse_datetime(value, fmt, zone)
+    except (ValueError, TypeError, OverflowError, OSError, IndexError):
+        return None
+
+
+def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return _from_epoch(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if fmt is not None:
+        return _aware(datetime.strptime(text, fmt), zone)
+    if _NUMERIC.match(text):
+        return _from_epoch(float(text))
+    try:
+        return _aware(datetime.fromisoformat(_LONG_FRACTION.sub(r"\1", text)), zone)
+    except ValueError:
+        pass
+    for candidate in _DATE_FORMATS:
+        try:
+            return _aware(datetime.strptime(text, candidate), zone)
+        except ValueError:
+            continue
+    return _aware(parsedate_to_datetime(text), zone)
+
+
+def _from_epoch(number: float) -> datetime | None:
+    if not math.isfinite(number):
+        return None
+    magnitude = abs(number)
+    if magnitude >= 1e14:  # microseconds
+        seconds = number / 1e6
+    elif magnitude >= 1e11:  # milliseconds (from 1973 on)
+        seconds = number / 1e3
+    else:
+        seconds = number
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _aware(moment: datetime, zone: tzinfo) -> datetime:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
+
+
+def format_datetime(moment: datetime | None) -> str | None:
+    """ISO-8601 UTC with a `Z`: 2025-07-01T10:00:00Z (milliseconds only when not zero)."""
+    if moment is None:
+        return None
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    millis = moment.microsecond // 1000
+    return f"{text}.{millis:03d}Z" if millis else text + "Z"
+
+
+def epoch_ms_text(value: Any) -> str | None:
+    """An ordering value as decimal epoch milliseconds ('1719828000000'); None if unparseable."""
+    moment = parse_datetime(value)
+    if moment is None:
+        return None
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    sign = "-" if micros < 0 else ""
+    whole, rest = divmod(abs(micros), 1000)
+    return f"{sign}{whole}" if rest == 0 else f"{sign}{whole}.{rest:03d}".rstrip("0")
+
+
+_SIMPLE: dict[str, Transform] = {
+    "trim": _text(str.strip),
+    "lower": _text(str.lower),
+    "upper": _text(str.upper),
+    "title": _text(str.title),
+    "empty_to_null": empty_to_null,
+    "string": stringify,
+    "number": to_number,
+    "integer": to_integer,
+    "boolean": to_boolean,
+    "email": to_email,
+}

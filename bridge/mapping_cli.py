@@ -1,0 +1,133 @@
+"""`leadbridge mappings validate` and `leadbridge mappings test`: check mappings, dry-run one.
+
+    validate(Path("mappings"), os.environ, sys.stdout)                 # exit code 0 / 1
+    dry_run("website-contact", Path("payload.json"), {}, Path("mappings"), os.environ, sys.stdout)
+
+`validate` prints every problem and warning on its own line (`file:line: field.path: message`),
+then one `ok` line per mapping. `dry_run` parses the payload file the way the worker does (the
+provider's `reparse`, content type from a `--header` or the file extension), plans it and prints
+the Plan as JSON. It calls nothing: an `enrich` fetch is printed (header values and `${VAR}`
+values redacted) instead of made, and the fetched record is null. No secrets reach the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from bridge.errors import BridgeError, InboundError, MappingError
+from bridge.mapping.compiled import CompiledMapping
+from bridge.mapping.loader import load_all
+
+CONTENT_TYPES = {
+    ".json": "application/json",
+    ".xml": "text/xml",
+    ".form": "application/x-www-form-urlencoded",
+    ".urlencoded": "application/x-www-form-urlencoded",
+    ".txt": "text/plain",
+}
+_REDACTED = "***"
+_MIN_REDACTED_LENGTH = 4  # shorter ${VAR} values (a region, a flag) are not secrets worth hiding
+
+
+def guess_content_type(payload_file: Path) -> str:
+    """The content type a payload file stands for, from its extension (JSON when unknown)."""
+    return CONTENT_TYPES.get(payload_file.suffix.lower(), "application/json")
+
+
+def validate(path: Path, environ: Mapping[str, str], out: TextIO) -> int:
+    """Check every mapping at `path`; 0 when all are valid (warnings allowed), else 1."""
+    result = load_all(path, environ)
+    for line in result.problems:
+        out.write(f"error: {line}\n")
+    for line in result.warnings:
+        out.write(f"warning: {line}\n")
+    if result.problems:
+        count = len(result.problems)
+        out.write(f"{count} problem{'s' if count != 1 else ''} in {path}: fix them and run validate again\n")
+        return 1
+    for mapping in result.mappings:
+        out.write(
+            f"ok: {mapping.name} ({mapping.source_path}: {mapping.provider_name}, {mapping.action}, "
+            f"table {mapping.table})\n"
+        )
+    count = len(result.mappings)
+    out.write(f"{count} mapping{'s' if count != 1 else ''} valid\n")
+    return 0
+
+
+def dry_run(
+    name: str,
+    payload_file: Path,
+    headers: dict[str, str],
+    mappings_path: Path,
+    environ: Mapping[str, str],
+    out: TextIO,
+) -> int:
+    """Plan one payload with mapping `name` and print the Plan as JSON; calls nothing."""
+    result = load_all(mappings_path, environ)
+    mapping = next((m for m in result.mappings if m.name == name), None)
+    if mapping is None:
+        if result.problems:
+            for line in result.problems:
+                out.write(f"error: {line}\n")
+        known = ", ".join(m.name for m in result.mappings) or "none"
+        out.write(f"error: no valid mapping named {name!r} in {mappings_path} (valid: {known})\n")
+        return 1
+    try:
+        body = payload_file.read_bytes()
+    except OSError as exc:
+        out.write(f"error: cannot read {payload_file}: {exc.strerror or type(exc).__name__}\n")
+        return 1
+    request_headers = {key.lower(): value for key, value in headers.items()}
+    request_headers.setdefault("content-type", guess_content_type(payload_file))
+    try:
+        payload = mapping.provider.reparse(body, request_headers)
+    except InboundError as exc:
+        out.write(
+            f"error: {payload_file} does not parse for provider {mapping.provider_name}: {exc.reason}\n"
+        )
+        return 1
+    fetcher = _PrintingFetcher(mapping, out)
+    try:
+        plan = _run(mapping.plan(payload, enrich=fetcher))
+    except MappingError as exc:
+        out.write(f"error: mapping {name}: {exc.message}\n")
+        return 1
+    except BridgeError as exc:
+        out.write(f"error: mapping {name}: {type(exc).__name__}\n")
+        return 1
+    out.write(orjson.dumps(plan.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+class _PrintingFetcher:
+    """Prints the GET an enrich step would make (secrets redacted) and gives null."""
+
+    def __init__(self, mapping: CompiledMapping, out: TextIO) -> None:
+        self._out = out
+        self._secrets = sorted(
+            (
+                (value, f"${{{name}}}")
+                for name, value in mapping.env_values.items()
+                if len(value) >= _MIN_REDACTED_LENGTH
+            ),
+            key=lambda item: -len(item[0]),
+        )
+
+    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+        for value, placeholder in self._secrets:
+            url = url.replace(value, placeholder)
+        shown = ", ".join(f"{key}: {_REDACTED}" for key in headers)
+        self._out.write(
+            f"enrich: would GET {url}" + (f" ({shown})" if shown else "") + " (not fetched: null)\n"
+        )
+        return None
