@@ -118,9 +118,12 @@ class EnrichClient:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+    async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         try:
-            response = await self._http.get(url, headers=dict(headers))
+            if timeout_s is None:
+                response = await self._http.get(url, headers=dict(headers))
+            else:
+                response = await self._http.get(url, headers=dict(headers), timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"enrich fetch failed: {type(exc).__name__}", retryable=True) from None
         outcome = classify(response.status_code, retry_after=response.headers.get("retry-after"))
