@@ -1,0 +1,101 @@
+"""`enrich` through the whole pipeline: Meta Lead Ads with a local stand-in for the Graph API."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.pipeline import Pipeline, pipeline
+from tests.servers import serve, until
+
+REPO = Path(__file__).resolve().parent.parent
+PAYLOADS = REPO / "tests" / "fixtures" / "payloads"
+APP_SECRET = "meta-test-app-secret"
+PAGE_TOKEN = "meta-test-page-token"
+
+
+class GraphStandIn:
+    """Answers GET /v21.0/{leadgen_id} like the Graph API; `status` forces failures."""
+
+    def __init__(self) -> None:
+        self.record = orjson.loads((PAYLOADS / "meta-lead-ads-form.enrich.json").read_bytes())
+        self.status = 200
+        self.calls: list[tuple[str, str]] = []
+        self.app = Starlette(routes=[Route("/v21.0/{leadgen_id}", self.lead)])
+
+    async def lead(self, request: Request) -> Response:
+        self.calls.append((request.path_params["leadgen_id"], request.headers.get("authorization", "")))
+        if self.status != 200:
+            return JSONResponse({"error": {"message": "nope"}}, status_code=self.status)
+        return JSONResponse(dict(self.record, id=request.path_params["leadgen_id"]))
+
+
+@asynccontextmanager
+async def meta_pipeline(
+    redis_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[Pipeline, GraphStandIn]]:
+    graph = GraphStandIn()
+    async with serve(graph.app) as graph_url:
+        environ = {
+            "META_APP_SECRET": APP_SECRET,
+            "META_VERIFY_TOKEN": "verify-me",
+            "META_GRAPH_URL": f"{graph_url}/v21.0",
+            "META_PAGE_TOKEN": PAGE_TOKEN,
+        }
+        files = {"meta.yaml": (REPO / "mappings" / "meta-lead-ads-form.yaml").read_text()}
+        async with pipeline(
+            redis_url, tmp_path / "m", mapping_files=files, environ=environ, **overrides
+        ) as pipe:
+            yield pipe, graph
+
+
+async def _post_meta(pipe: Pipeline, body: bytes) -> str:
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"content-type": "application/json", "x-hub-signature-256": signature}
+    response = await pipe.post("meta-lead-ads-form", body, headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["delivery_id"])
+
+
+async def test_thin_webhook_is_enriched_into_a_full_lead(redis_url: str, tmp_path: Path) -> None:
+    async with meta_pipeline(redis_url, tmp_path) as (pipe, graph):
+        delivery_id = await _post_meta(pipe, (PAYLOADS / "meta-lead-ads-form.json").read_bytes())
+        await pipe.wait_status(delivery_id, "delivered")
+        entries = await pipe.entries()
+        assert len(entries) == 1
+        assert entries[0]["data"]["email"] == "ella.fitzgerald@example.com"
+        assert entries[0]["data"]["phone"] == "+12127365000"
+        assert graph.calls == [("444444444444", f"Bearer {PAGE_TOKEN}")]
+
+
+async def test_enrich_failure_is_retried_then_succeeds(redis_url: str, tmp_path: Path) -> None:
+    async with meta_pipeline(redis_url, tmp_path) as (pipe, graph):
+        graph.status = 503
+        delivery_id = await _post_meta(pipe, (PAYLOADS / "meta-lead-ads-form.json").read_bytes())
+        await until(lambda: len(graph.calls) >= 2)
+        assert await pipe.entries() == []
+        graph.status = 200
+        await pipe.wait_status(delivery_id, "delivered")
+        assert len(await pipe.entries()) == 1
+
+
+async def test_enrich_permanent_failure_dead_letters(redis_url: str, tmp_path: Path) -> None:
+    async with meta_pipeline(redis_url, tmp_path) as (pipe, graph):
+        graph.status = 404
+        delivery_id = await _post_meta(pipe, (PAYLOADS / "meta-lead-ads-form.json").read_bytes())
+        await pipe.wait_status(delivery_id, "dead")
+        reason = (await pipe.redis.hget(f"lb:d:{delivery_id}", "reason")).decode()
+        assert "enrich" in reason
+        assert "404" in reason
+        assert PAGE_TOKEN not in reason
+        assert len(graph.calls) == 1
