@@ -123,7 +123,7 @@ class _PrintingFetcher:
             key=lambda item: -len(item[0]),
         )
 
-    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+    async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         for value, placeholder in self._secrets:
             url = url.replace(value, placeholder)
         shown = ", ".join(f"{key}: {_REDACTED}" for key in headers)

@@ -45,7 +45,7 @@ class FixtureFetcher:
         self.record = record
         self.urls: list[str] = []
 
-    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+    async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         self.urls.append(url)
         return json.loads(json.dumps(self.record))  # a fresh copy per fetch
 

@@ -63,7 +63,7 @@ class TableFetcher:
         self.records = records
         self.calls: list[tuple[str, dict[str, str]]] = []
 
-    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any:
+    async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         self.calls.append((url, dict(headers)))
         return copy.deepcopy(self.records[url])
 
@@ -131,7 +131,7 @@ async def test_enrich_of_a_non_object_element_and_fetch_errors_propagate(tmp_pat
     plan = await mapping.plan({"ids": [1, 2]}, enrich=fetcher)
     assert [c.data for c in plan.commands] == [{"n": "one"}, {"n": "two"}]
 
-    async def failing(url: str, headers: Mapping[str, str]) -> Any:
+    async def failing(url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         raise UpstreamError("enrich fetch failed", retryable=True, status=503)
 
     with pytest.raises(UpstreamError):

@@ -29,7 +29,7 @@ from bridge.providers.base import Provider
 class EnrichFetcher(Protocol):
     """GETs an enrich URL and gives its JSON; the worker's retries and errors live behind it."""
 
-    async def __call__(self, url: str, headers: Mapping[str, str]) -> Any: ...
+    async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any: ...
 
 
 def _text(value: Any, field: str) -> str | None:
@@ -75,7 +75,7 @@ class CompiledEnrich:
         return "".join(out)
 
     async def apply(self, element: Any, fetcher: EnrichFetcher) -> Any:
-        record = await fetcher(self.url_for(element), self.headers)
+        record = await fetcher(self.url_for(element), self.headers, timeout_s=self.timeout_s)
         if isinstance(element, dict):
             return {**element, self.as_key: record}
         return {self.as_key: record}
