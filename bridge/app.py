@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from bridge.errors import InboundError
-from bridge.http import admin, health, hooks
+from bridge.http import admin, health, hooks, openapi
 from bridge.http.responses import inbound_error_handler, not_found_handler
 from bridge.runtime import Runtime
 from bridge.settings import Settings
@@ -26,6 +26,7 @@ def routes() -> list[Route]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/admin/dlq", admin.list_dlq, methods=["GET"]),
         Route("/admin/dlq/{id}", admin.show_dlq, methods=["GET"]),
         Route("/admin/dlq/{id}", admin.delete_dlq, methods=["DELETE"]),

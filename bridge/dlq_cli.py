@@ -1,7 +1,12 @@
 """`leadbridge dlq list|show|replay|purge`: the dead-letter queue from the command line.
 
 It talks to the same Redis as the running service (REDIS_URL, or the embedded server under
-BRIDGE_DATA_DIR, attached to if running); a replay is picked up by any running worker.
+BRIDGE_DATA_DIR, attached to if running); a replay is picked up by any running worker, which maps
+the delivery again with its current mappings, keeps its idempotency keys (a command that already
+reached the upstream is not sent again) and removes it from the DLQ once delivered.
+
+Exit status: 0 done; 1 an id that is not in the DLQ (replayed, purged, expired or never there),
+or the queue cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import time
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bridge.queue import deliveries
+from bridge.queue.crypto import Keyring
 from bridge.runtime import make_redis
 from bridge.settings import Settings
 
@@ -22,6 +29,12 @@ async def run(args: argparse.Namespace, settings: Settings, url: str) -> int:
     redis = make_redis(url)
     try:
         return await _run(args, settings, redis)
+    except (RedisError, OSError) as exc:
+        print(
+            f"leadbridge: cannot reach the queue ({type(exc).__name__}); is REDIS_URL right?",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         await redis.aclose()
 
@@ -29,34 +42,53 @@ async def run(args: argparse.Namespace, settings: Settings, url: str) -> int:
 async def _run(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
     command = args.dlq_command
     if command == "list":
-        ids = await deliveries.dlq_ids(redis)
-        if not ids:
-            print("the dead-letter queue is empty")
-            return 0
-        print(f"{'ID':<34} {'MAPPING':<24} {'DIED (UTC)':<20} REASON")
-        for delivery_id in ids:
-            record = await deliveries.load(redis, delivery_id)
-            if record is None:
-                continue
-            died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.dead_at or record.received_at))
-            print(f"{record.id:<34} {record.mapping:<24} {died:<20} {record.reason or ''}")
+        return await _list(redis)
+    everything = bool(getattr(args, "all", False))
+    targets = await deliveries.dlq_ids(redis) if everything else [args.id]
+    if not targets:
+        print("the dead-letter queue is empty")
         return 0
-    targets = await deliveries.dlq_ids(redis) if getattr(args, "all", False) else [args.id]
+    keyring = Keyring.from_settings(settings)
     for delivery_id in targets:
-        record = await deliveries.load(redis, delivery_id)
+        record = await deliveries.load(redis, delivery_id, keyring=keyring)
         if record is None or not await deliveries.in_dlq(redis, delivery_id):
-            print(f"leadbridge: {delivery_id} is not in the dead-letter queue", file=sys.stderr)
-            return 1
+            return _not_in_dlq(delivery_id)
         if command == "show":
             sys.stdout.write(
                 orjson.dumps(record.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
         elif command == "replay":
-            await deliveries.enqueue_again(redis, delivery_id, settings.retention_s)
+            if not await deliveries.enqueue_again(redis, delivery_id, settings.retention_s):
+                return _not_in_dlq(delivery_id)
             print(f"{delivery_id}: queued for replay (it leaves the dead-letter queue once delivered)")
         elif command == "purge":
             await deliveries.purge(redis, delivery_id)
             print(f"{delivery_id}: purged")
-    if not targets:
+    if everything:
+        verb = {"replay": "queued for replay", "purge": "purged"}[command]
+        print(f"{len(targets)} deliveries {verb}")
+    return 0
+
+
+def _not_in_dlq(delivery_id: str) -> int:
+    print(
+        f"leadbridge: {delivery_id} is not in the dead-letter queue "
+        "(replayed and delivered, purged, expired, or never there); see `leadbridge dlq list`",
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def _list(redis: Redis) -> int:
+    ids = await deliveries.dlq_ids(redis)
+    if not ids:
         print("the dead-letter queue is empty")
+        return 0
+    print(f"{'ID':<34} {'MAPPING':<24} {'DIED (UTC)':<20} {'TRIES':>5}  REASON")
+    for delivery_id in ids:
+        record = await deliveries.load(redis, delivery_id)
+        if record is None:
+            continue
+        died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.dead_at or record.received_at))
+        print(f"{record.id:<34} {record.mapping:<24} {died:<20} {record.attempts:>5}  {record.reason or ''}")
     return 0

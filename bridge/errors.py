@@ -15,8 +15,11 @@
     │   └── QueueUnavailable         503  nothing stored; the provider retries
     └── DeliveryError                turning a delivery into lead calls failed
         ├── MappingError             the mapping cannot produce commands (permanent)
-        ├── UpstreamError            the Connect API (or an enrich fetch) answered badly or not at all
-        └── WaitForLink              a patch found no linked entry yet (retryable)
+        ├── UpstreamError            the Connect API (or an enrich source) answered badly or not at all
+        ├── WaitForLink              a patch found no linked entry yet (retryable)
+        └── Deferred                 try again later without counting an attempt
+            ├── CircuitOpen          the upstream looks down (shared circuit breaker)
+            └── OrderWait            an earlier delivery for the same record goes first
 
 Inbound errors become responses in one place (`bridge.http.responses`). Delivery errors carry
 `retryable`, `retry_after_s` and the upstream `status`; `bridge.connect.classify` decides them.
@@ -155,3 +158,21 @@ class WaitForLink(DeliveryError):
     """A patch found no linked entry: the create may still be in flight, so try again later."""
 
     retryable = True
+
+
+class Deferred(DeliveryError):
+    """Try this delivery again in `defer_s` seconds without counting an attempt."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, defer_s: float) -> None:
+        super().__init__(message, retryable=True, retry_after_s=defer_s)
+        self.defer_s = max(0.0, defer_s)
+
+
+class CircuitOpen(Deferred):
+    """The upstream looks down: this delivery waits (no attempt counted)."""
+
+
+class OrderWait(Deferred):
+    """An earlier delivery for the same record goes first: this one waits (no attempt counted)."""

@@ -1,9 +1,9 @@
 """The long-running processes behind `run`, `serve`, `worker` and `sandbox`.
 
-Each builds its resources, serves until SIGINT/SIGTERM, then shuts down in order: stop taking
-webhooks (uvicorn drains in-flight requests), stop taking jobs and let running ones finish within
-BRIDGE_SHUTDOWN_GRACE_S, close the pools, and last stop the embedded Valkey server if this
-process started it.
+Each builds its resources, serves until SIGINT/SIGTERM, then shuts down: at the same time, stop
+taking webhooks (uvicorn drains in-flight requests) and stop taking jobs (running ones get to
+finish), both within BRIDGE_SHUTDOWN_GRACE_S; then close the pools, and last stop the embedded
+Valkey server if this process started it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from bridge.app import create_app
 from bridge.errors import ConfigError
 from bridge.http import health
+from bridge.http.protocol import bounded_protocol
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 
@@ -45,20 +47,26 @@ class Server(uvicorn.Server):
         yield
 
 
-def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Server:
-    config = uvicorn.Config(
+def server_config(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for every server we run (the bounds are in docs/security.md)."""
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_keep_alive=5,
+        http=bounded_protocol(settings.header_timeout_s, settings.max_headers, settings.max_header_bytes),
+        # Connections + requests in progress beyond this bound are answered 503 by uvicorn.
+        limit_concurrency=settings.max_concurrent_requests,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-        h11_max_incomplete_event_size=64 * 1024,
         server_header=False,
     )
-    return Server(config)
+
+
+def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Server:
+    return Server(server_config(app, host, port, settings))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -76,8 +84,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve_until_signal(servers: list[tuple[uvicorn.Server, socket.socket]]) -> None:
-    """Run uvicorn servers until SIGINT/SIGTERM (handled here, once, for all of them)."""
+async def _serve_until_signal(
+    servers: list[tuple[uvicorn.Server, socket.socket]],
+    on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """Run uvicorn servers until SIGINT/SIGTERM (handled here, once, for all of them); then
+    shut them down and run `on_stop` (the worker's drain) at the same time, so that the whole
+    shutdown fits in one BRIDGE_SHUTDOWN_GRACE_S."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,9 +101,12 @@ async def _serve_until_signal(servers: list[tuple[uvicorn.Server, socket.socket]
         tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopping: asyncio.Task[None] | None = asyncio.create_task(on_stop()) if on_stop is not None else None
     for server, _sock in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if stopping is not None:
+        await stopping
     waiter.cancel()
     for task in tasks:
         if task in done and task.exception() is not None:
@@ -134,7 +150,7 @@ async def run_all(
         servers.append((_server(app, settings.host, port, settings), sock))
         if banner:
             _print_banner(f"http://{settings.host}:{sock.getsockname()[1]}", runtime, upstream)
-        await _serve_until_signal(servers)
+        await _serve_until_signal(servers, on_stop=runtime.stop_worker if worker else None)
     finally:
         await runtime.close()
 

@@ -27,7 +27,9 @@ from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
 from bridge.connect.tables import TableCache
 from bridge.mapping.registry import MappingRegistry
 from bridge.metrics import Metrics
-from bridge.queue import arq_adapter, deliveries, keys
+from bridge.queue import arq_adapter, circuit, deliveries, keys
+from bridge.queue.circuit import CircuitBreaker, CircuitConfig, GuardedConnect
+from bridge.queue.crypto import Keyring
 from bridge.queue.ingest import Accepter
 from bridge.ratelimit import RateLimiter
 from bridge.settings import Settings
@@ -70,12 +72,15 @@ class Runtime:
         self.redis = make_redis(redis_url)
         self._environ = dict(environ if environ is not None else os.environ)
         self._mappings: MappingRegistry | None = None
+        # Encryption at rest of stored payloads (empty keyring: stored in clear).
+        self.keyring = Keyring.from_settings(settings)
         self.accepter = Accepter(
             self.redis,
             dedupe_window_s=settings.dedupe_window_s,
             retention_s=settings.retention_s,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
+            keyring=self.keyring,
         )
         self.limiter = RateLimiter(self.redis)
         self._upstream = upstream
@@ -122,7 +127,12 @@ class Runtime:
             max_connections=self.settings.upstream_max_connections,
             transport=self._http_transport,
         )
-        connect = ConnectClient(self._http, base_url, api_key, observe=self.metrics.observe_upstream)
+        breaker = CircuitBreaker(
+            self.redis, CircuitConfig.from_settings(self.settings), on_change=self._circuit_changed
+        )
+        connect = GuardedConnect(
+            ConnectClient(self._http, base_url, api_key, observe=self.metrics.observe_upstream), breaker
+        )
         self.deliverer = Deliverer(
             redis=self.redis,
             mappings=self.mappings,
@@ -131,6 +141,7 @@ class Runtime:
             enrich=EnrichClient(self._http),
             settings=self.settings,
             metrics=self.metrics,
+            keyring=self.keyring,
         )
         self._worker = arq_adapter.build_worker(
             deliver=self.deliverer.deliver,
@@ -139,9 +150,10 @@ class Runtime:
             ctx={},
             max_jobs=self.settings.worker_concurrency,
             job_timeout_s=self.settings.job_timeout_s,
+            job_lease_s=self.settings.job_lease_s,
         )
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._worker.async_run()))
+        self._tasks.append(loop.create_task(arq_adapter.run(self._worker)))
         self._tasks.append(loop.create_task(self._heartbeat()))
 
     async def stop_worker(self, grace_s: float | None = None) -> None:
@@ -167,6 +179,10 @@ class Runtime:
 
     # -- observations ----------------------------------------------------------------------------
 
+    def _circuit_changed(self, is_open: bool) -> None:
+        self.metrics.circuit_open.set(1 if is_open else 0)
+        log.warning("upstream circuit breaker %s", "open: deliveries pause" if is_open else "closed")
+
     async def _heartbeat(self) -> None:
         key = keys.HEARTBEAT + self.worker_id
         while True:
@@ -186,7 +202,8 @@ class Runtime:
             depth, age = await deliveries.queue_stats(self.redis)
             self.metrics.queue_depth.set(depth)
             self.metrics.queue_oldest_age.set(age)
-            self.metrics.dlq_size.set(await deliveries.dlq_size(self.redis))
+            self.metrics.dlq_size.set(await deliveries.dlq_size(self.redis, self.settings.retention_s))
+            self.metrics.circuit_open.set(1 if await circuit.read_state(self.redis) == "open" else 0)
             beats = [k async for k in self.redis.scan_iter(match=keys.HEARTBEAT + "*", count=100)]
             if beats:
                 values = [v for v in await self.redis.mget(beats) if v is not None]

@@ -33,13 +33,22 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = Field(default=None, alias="BRIDGE_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="BRIDGE_LOG_LEVEL")
 
+    # Hardening (docs/security.md). Excess requests over the bound are answered 503 by uvicorn.
+    max_concurrent_requests: int = Field(default=1000, ge=1, alias="BRIDGE_MAX_CONCURRENT_REQUESTS")
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600, alias="BRIDGE_KEEP_ALIVE_TIMEOUT_S")
+    header_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_HEADER_TIMEOUT_S")
+    max_headers: int = Field(default=100, ge=10, alias="BRIDGE_MAX_HEADERS")
+    max_header_bytes: int = Field(default=65_536, ge=4096, alias="BRIDGE_MAX_HEADER_BYTES")
+    # Comma-separated base64 32-byte keys, newest first; parsed by bridge.queue.crypto.Keyring.
+    encryption_keys: SecretStr | None = Field(default=None, alias="BRIDGE_ENCRYPTION_KEYS")
+
     # Delivery (issue: delivery guarantees). Units are in the names.
     dedupe_window_s: int = Field(default=7 * 86_400, gt=0, alias="BRIDGE_DEDUPE_WINDOW_S")
     retention_s: int = Field(default=7 * 86_400, gt=0, alias="BRIDGE_RETENTION_S")
     retry_window_s: float = Field(default=86_400.0, gt=0, alias="BRIDGE_RETRY_WINDOW_S")
     retry_base_s: float = Field(default=1.0, gt=0, alias="BRIDGE_RETRY_BASE_S")
     retry_max_delay_s: float = Field(default=3_600.0, gt=0, alias="BRIDGE_RETRY_MAX_DELAY_S")
-    retry_max_attempts: int = Field(default=40, ge=1, alias="BRIDGE_RETRY_MAX_ATTEMPTS")
+    retry_max_attempts: int = Field(default=60, ge=1, alias="BRIDGE_RETRY_MAX_ATTEMPTS")
     link_wait_s: float = Field(default=300.0, ge=0, alias="BRIDGE_LINK_WAIT_S")
     worker_concurrency: int = Field(default=64, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
     upstream_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_UPSTREAM_TIMEOUT_S")
@@ -50,6 +59,15 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=120.0, gt=0, alias="BRIDGE_JOB_TIMEOUT_S")
     shutdown_grace_s: float = Field(default=30.0, ge=0, alias="BRIDGE_SHUTDOWN_GRACE_S")
     max_commands_per_delivery: int = Field(default=100, ge=1, alias="BRIDGE_MAX_COMMANDS_PER_DELIVERY")
+    # A running job's claim (and its record locks) last this long unless renewed: a job whose
+    # worker died (kill -9, lost node) runs again after at most this long.
+    job_lease_s: float = Field(default=30.0, ge=1, alias="BRIDGE_JOB_LEASE_S")
+    # The upstream circuit breaker, shared by all workers (docs/delivery.md).
+    circuit_window_s: int = Field(default=10, ge=1, le=3600, alias="BRIDGE_CIRCUIT_WINDOW_S")
+    circuit_min_calls: int = Field(default=20, ge=1, alias="BRIDGE_CIRCUIT_MIN_CALLS")
+    circuit_failure_ratio: float = Field(default=0.5, gt=0, le=1, alias="BRIDGE_CIRCUIT_FAILURE_RATIO")
+    circuit_open_s: float = Field(default=5.0, gt=0, alias="BRIDGE_CIRCUIT_OPEN_S")
+    circuit_max_open_s: float = Field(default=120.0, gt=0, alias="BRIDGE_CIRCUIT_MAX_OPEN_S")
 
     @field_validator("connect_base_url")
     @classmethod

@@ -2,14 +2,21 @@
 
     deliver(delivery_id)
       load the delivery → parse its body again with its provider → plan it with the *current*
-      mapping → apply each command in order, one at a time per (link, key), skipping commands
-      already applied (exactly-once effects across retries, crashes and replays)
-      → delivered | ignored | retry later | dead-letter with the reason
+      mapping → join the per-record order (bridge.queue.ordering) → apply each command in order:
+      wait for the record's turn, take its lease lock, skip it if already applied, else call
+      → delivered | ignored | retry later | wait (not an attempt) | dead-letter with the reason
 
 Every create/patch carries an idempotency key derived from (mapping, event id, command index,
 step), identical on every attempt and on replay. A command's success is recorded before the job
 completes; if the worker dies in between, the rerun skips it, and if it dies between the
 upstream's answer and that record, the rerun sends the same key and the upstream replays.
+
+Failures (bridge.retry): retryable ones come back after a backoff with full jitter (Retry-After
+as a floor) until the attempts or the window run out; permanent ones (other 4xx, mapping errors)
+go straight to the dead-letter queue with the upstream's message; `Deferred` ones (circuit open,
+another delivery's turn) come back without counting. A job never ends without a decision: a
+Redis outage puts it back, a job over BRIDGE_JOB_TIMEOUT_S is a retryable failure, and an
+unexpected exception dead-letters the delivery (its type in the reason, the stack in the log).
 """
 
 from __future__ import annotations
@@ -18,63 +25,35 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from bridge.connect.client import ConnectClient
 from bridge.connect.tables import TableCache
-from bridge.errors import DeliveryError, InboundError, MappingError, UpstreamError, WaitForLink
+from bridge.errors import Deferred, DeliveryError, InboundError, MappingError, UpstreamError, WaitForLink
 from bridge.mapping.commands import LeadCommand
 from bridge.metrics import Metrics
 from bridge.queue import deliveries, keys
 from bridge.queue.arq_adapter import Retry
+from bridge.queue.circuit import Upstream
+from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
+from bridge.queue.ordering import Ordering, pending_key
+from bridge.retry import RetryPolicy
 from bridge.settings import Settings
 
 log = logging.getLogger("bridge.worker")
 
-LOCK_LEASE_MS = 30_000
-LOCK_WAIT_S = 5.0
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+FINISHED = ("delivered", "ignored", "dead")
+QUEUE_DOWN_DEFER_S = (1.0, 3.0)  # a job that lost Redis comes back within this range
+
+__all__ = ["Deliverer", "RetryPolicy", "idempotency_key"]
 
 
 class MappingLookup(Protocol):
     def get(self, name: str) -> Any: ...
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by a window since the delivery arrived."""
-
-    base_s: float
-    max_delay_s: float
-    window_s: float
-    max_attempts: int
-    link_wait_s: float
-
-    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        ceiling = min(self.max_delay_s, self.base_s * (2 ** max(0, attempt - 1)))
-        delay = rng.uniform(0, ceiling)
-        if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
-        return delay
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            base_s=settings.retry_base_s,
-            max_delay_s=settings.retry_max_delay_s,
-            window_s=settings.retry_window_s,
-            max_attempts=settings.retry_max_attempts,
-            link_wait_s=settings.link_wait_s,
-        )
 
 
 def idempotency_key(mapping: str, event_id: str, index: int, step: str) -> str:
@@ -89,12 +68,13 @@ class Deliverer:
         *,
         redis: Redis,
         mappings: MappingLookup,
-        connect: ConnectClient,
+        connect: Upstream,
         tables: TableCache,
         enrich: Any,
         settings: Settings,
         metrics: Metrics,
         rng: random.Random | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.redis = redis
         self.mappings = mappings
@@ -105,19 +85,27 @@ class Deliverer:
         self.metrics = metrics
         self.policy = RetryPolicy.from_settings(settings)
         self.rng = rng or random.Random()
-        self._release = redis.register_script(RELEASE_LOCK)
+        self.keyring = keyring
+        self.ordering = Ordering(
+            redis, retention_s=settings.retention_s, lease_s=settings.job_lease_s, rng=self.rng
+        )
 
     async def deliver(self, ctx: dict[str, Any], delivery_id: str) -> str:
-        record = await deliveries.load(self.redis, delivery_id)
-        if record is None:
-            log.warning("delivery expired before it was processed", extra={"delivery_id": delivery_id})
-            return "expired"
-        if record.status in ("delivered", "ignored"):
-            return record.status
+        try:
+            record = await self._load(delivery_id)
+            if record is None:
+                log.warning("delivery expired before it was processed", extra={"delivery_id": delivery_id})
+                return "expired"
+            if record.status in FINISHED:
+                # A rerun after a crash between the outcome and the job's end: tidy up, stop.
+                await self.ordering.forget(record.id, record.mapping)
+                return record.status
+        except (RedisError, OSError):
+            raise self._queue_down(delivery_id) from None
         self.metrics.jobs_in_flight.inc()
         started = time.perf_counter()
         try:
-            return await self._deliver(record)
+            return await self._deliver_within_time(record)
         finally:
             self.metrics.jobs_in_flight.dec()
             log.debug(
@@ -128,33 +116,103 @@ class Deliverer:
                 },
             )
 
+    async def _load(self, delivery_id: str) -> DeliveryRecord | None:
+        return await deliveries.load(self.redis, delivery_id, keyring=self.keyring)
+
+    async def _deliver_within_time(self, record: DeliveryRecord) -> str:
+        budget = asyncio.timeout(self.settings.job_timeout_s)
+        try:
+            async with budget:
+                return await self._deliver(record)
+        except Retry:
+            raise
+        except TimeoutError:
+            if not budget.expired():
+                raise self._queue_down(record.id) from None
+            exc = UpstreamError(
+                f"the delivery took longer than BRIDGE_JOB_TIMEOUT_S ({self.settings.job_timeout_s:g} s)",
+                retryable=True,
+            )
+            return await self._guarded(self._failed(record, exc, None), record)
+        except (RedisError, OSError):
+            raise self._queue_down(record.id) from None
+        except Exception as exc:
+            log.exception("unexpected error while delivering", extra=self._ids(record))
+            reason = f"internal error ({type(exc).__name__}); see the worker log"
+            return await self._guarded(self._dead(record, reason, None), record)
+
+    async def _guarded(self, step: Awaitable[str], record: DeliveryRecord) -> str:
+        try:
+            return await step
+        except (RedisError, OSError):
+            raise self._queue_down(record.id) from None
+
+    def _queue_down(self, delivery_id: str) -> Retry:
+        log.warning(
+            "queue unreachable while delivering; the job will run again", extra={"delivery_id": delivery_id}
+        )
+        return Retry(defer=self.rng.uniform(*QUEUE_DOWN_DEFER_S))
+
     async def _deliver(self, record: DeliveryRecord) -> str:
         mapping = self.mappings.get(record.mapping)
         if mapping is None:
             return await self._dead(record, f"no mapping named {record.mapping!r} is loaded", None)
+        if record.payload_error:
+            return await self._dead(record, f"stored payload cannot be read: {record.payload_error}", None)
         command: LeadCommand | None = None
         try:
             payload = mapping.provider.reparse(record.body, record.headers)
-            plan = await mapping.plan(
-                payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery
-            )
+            try:
+                plan = await mapping.plan(
+                    payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery
+                )
+            except DeliveryError as exc:
+                if exc.retryable:
+                    await self.ordering.leave_unplanned(record.id, record.mapping)
+                raise
             if plan.ignored:
                 self.metrics.webhooks.labels(mapping=record.mapping, outcome="ignored").inc()
                 await deliveries.set_status(self.redis, record.id, "ignored")
+                await self.ordering.forget(record.id, record.mapping)
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
-            for command in plan.commands:
-                await self._apply_once(record, command)
+            done = await self._done(record.id)
+            owed = [c for c in plan.commands if str(c.index) not in done]
+            await self.ordering.register(
+                record.id, record.mapping, record.seq, ((c.link, c.key) for c in owed if c.key is not None)
+            )
+            last_index = {(c.link, c.key): c.index for c in owed if c.key is not None}
+            for command in owed:
+                last = last_index.get((command.link, command.key)) == command.index
+                await self._apply_once(record, command, last)
             command = None
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None)
         except MappingError as exc:
             return await self._dead(record, f"mapping error: {exc.message}", command)
+        except Deferred as exc:
+            raise self._deferral(record, exc) from None
+        except WaitForLink as exc:
+            if command is not None and command.key is not None:
+                # Yield the record's turn: its create may come from a delivery that arrived later.
+                await self.ordering.release(record.id, command.link, command.key)
+            return await self._failed(record, exc, command)
         except DeliveryError as exc:
             return await self._failed(record, exc, command)
         await deliveries.set_status(self.redis, record.id, "delivered")
+        await self.ordering.forget(record.id, record.mapping)
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
         return "delivered"
+
+    def _deferral(self, record: DeliveryRecord, exc: Deferred) -> Retry:
+        """Put the job back for about `defer_s` (jittered) without counting an attempt."""
+        delay = exc.defer_s + self.rng.uniform(0, min(1.0, 0.1 + exc.defer_s * 0.2))
+        log.info(
+            "delivery deferred: %s",
+            exc.message,
+            extra={**self._ids(record), "retry_in_s": round(delay, 3)},
+        )
+        return Retry(defer=delay)
 
     async def _failed(self, record: DeliveryRecord, exc: DeliveryError, command: LeadCommand | None) -> str:
         attempt = Attempt(
@@ -164,16 +222,16 @@ class Deliverer:
             status=exc.status,
             command=command.index if command else None,
         )
-        if not exc.retryable:
-            await deliveries.record_attempt(self.redis, record, attempt, "retrying")
-            return await self._dead(record, exc.message, command)
         attempts = await deliveries.record_attempt(self.redis, record, attempt, "retrying")
-        delay = self.policy.delay_s(attempts, exc.retry_after_s, self.rng)
+        if not exc.retryable:
+            return await self._dead(record, exc.message, command, recorded=True)
         age_s = time.time() - record.received_at
-        window = self.policy.link_wait_s if isinstance(exc, WaitForLink) else self.policy.window_s
-        if attempts >= self.policy.max_attempts or age_s + delay > window:
+        delay = self.policy.next_delay_s(
+            attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=isinstance(exc, WaitForLink)
+        )
+        if delay is None:
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
-            return await self._dead(record, reason, command)
+            return await self._dead(record, reason, command, recorded=True)
         if command is not None:
             self.metrics.commands.labels(
                 mapping=record.mapping, action=command.action, outcome="retried"
@@ -189,14 +247,20 @@ class Deliverer:
         )
         raise Retry(defer=delay)
 
-    async def _dead(self, record: DeliveryRecord, reason: str, command: LeadCommand | None) -> str:
+    async def _dead(
+        self, record: DeliveryRecord, reason: str, command: LeadCommand | None, *, recorded: bool = False
+    ) -> str:
+        """Dead-letter the delivery; unless `_failed` already did, log this attempt in its history."""
+        if not recorded:
+            attempt = Attempt(
+                at=time.time(), error=reason, retryable=False, command=command.index if command else None
+            )
+            await deliveries.record_attempt(self.redis, record, attempt, "retrying")
+        failed = command.model_dump(mode="json") if command else None
         await deliveries.dead_letter(
-            self.redis,
-            record.id,
-            reason,
-            command.model_dump(mode="json") if command else None,
-            self.settings.retention_s,
+            self.redis, record.id, reason, failed, self.settings.retention_s, keyring=self.keyring
         )
+        await self.ordering.forget(record.id, record.mapping)
         action = command.action if command else "none"
         self.metrics.commands.labels(mapping=record.mapping, action=action, outcome="dead").inc()
         log.warning(
@@ -209,27 +273,58 @@ class Deliverer:
     def _ids(record: DeliveryRecord) -> dict[str, Any]:
         return {"delivery_id": record.id, "mapping": record.mapping, "provider": record.provider}
 
+    def _link_group(self, record: DeliveryRecord, link: str) -> set[str]:
+        """The mappings whose deliveries can touch records of this link namespace."""
+        group = {record.mapping}
+        current = getattr(self.mappings, "current", None)
+        if current is not None:
+            group.update(m.name for m in current if getattr(m, "link", None) == link)
+        return group
+
     # -- one command, exactly once -------------------------------------------------------------
 
-    async def _apply_once(self, record: DeliveryRecord, command: LeadCommand) -> None:
-        done_key = keys.done(record.id)
-        if await cast(Awaitable[bool], self.redis.hexists(done_key, str(command.index))):
-            return
-        lock = keys.record(keys.LOCK, command.link, command.key) if command.key is not None else None
-        token = uuid.uuid4().hex
-        if lock is not None:
-            await self._acquire(lock, token)
-        try:
+    async def _done(self, delivery_id: str) -> dict[str, str]:
+        raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(keys.done(delivery_id)))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def _apply_once(self, record: DeliveryRecord, command: LeadCommand, last_for_key: bool) -> None:
+        if command.key is None:
             outcome, entry_id = await self._apply(record, command)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(done_key, str(command.index), entry_id or outcome)
-                pipe.expire(done_key, self.settings.retention_s)
-                if command.order is not None and command.key is not None and outcome != "stale":
-                    pipe.set(keys.record(keys.ORDER, command.link, command.key), command.order)
-                await pipe.execute()
-        finally:
-            if lock is not None:
-                await self._release(keys=[lock], args=[token])
+            await self._record_done(record, command, outcome, entry_id, release=False)
+            self._count(record, command, outcome)
+            return
+        group = self._link_group(record, command.link)
+        await self.ordering.wait_turn(record.id, record.seq, command.link, command.key, group)
+        async with self.ordering.lock(command.link, command.key):
+            if await cast(Awaitable[bool], self.redis.hexists(keys.done(record.id), str(command.index))):
+                # Another run of this same job (its lease ran out while it was stalled) did it.
+                if last_for_key:
+                    await self.ordering.release(record.id, command.link, command.key)
+                return
+            outcome, entry_id = await self._apply(record, command)
+            await self._record_done(record, command, outcome, entry_id, release=last_for_key)
+        self._count(record, command, outcome)
+
+    async def _record_done(
+        self,
+        record: DeliveryRecord,
+        command: LeadCommand,
+        outcome: str,
+        entry_id: str | None,
+        *,
+        release: bool,
+    ) -> None:
+        done_key = keys.done(record.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(done_key, str(command.index), entry_id or outcome)
+            pipe.expire(done_key, self.settings.retention_s)
+            if command.order is not None and command.key is not None and outcome != "stale":
+                pipe.set(keys.record(keys.ORDER, command.link, command.key), command.order)
+            if release and command.key is not None:
+                pipe.zrem(pending_key(command.link, command.key), record.id)
+            await pipe.execute()
+
+    def _count(self, record: DeliveryRecord, command: LeadCommand, outcome: str) -> None:
         self.metrics.commands.labels(mapping=record.mapping, action=command.action, outcome=outcome).inc()
         log.info(
             "command applied",
@@ -240,17 +335,6 @@ class Deliverer:
                 "outcome": outcome,
             },
         )
-
-    async def _acquire(self, lock: str, token: str) -> None:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        delay = 0.005
-        while not await self.redis.set(lock, token, nx=True, px=LOCK_LEASE_MS):
-            if time.monotonic() > deadline:
-                raise UpstreamError(
-                    "another worker holds this record's lock", retryable=True, retry_after_s=0.5
-                )
-            await asyncio.sleep(delay)  # waiting on another process's lease, not a test sync
-            delay = min(delay * 2, 0.2)
 
     async def _apply(self, record: DeliveryRecord, command: LeadCommand) -> tuple[str, str | None]:
         if command.order is not None and command.key is not None:

@@ -1,7 +1,9 @@
 """Bearer-protected JSON admin routes: the dead-letter queue and delivery state.
 
 Without BRIDGE_ADMIN_TOKEN every admin route answers 404 (as if it did not exist); with it, a
-missing or wrong token is a 401. The token is compared in constant time.
+missing or wrong token is a 401. The token is compared in constant time. Records are opened with
+the process's keyring (encryption at rest), so a dead letter's failed command is shown; the raw
+payload never is.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ def _authorized(request: Request) -> Runtime:
     token = runtime.settings.admin_token
     if token is None or not token.get_secret_value():
         raise NotFound()
-    given = request.headers.get("authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value()
+    # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Unauthorized("admin token")
     return runtime
 
@@ -41,7 +44,7 @@ async def list_dlq(request: Request) -> Response:
     ids = await deliveries.dlq_ids(runtime.redis)
     items = []
     for delivery_id in ids:
-        record = await deliveries.load(runtime.redis, delivery_id)
+        record = await deliveries.load(runtime.redis, delivery_id, keyring=runtime.keyring)
         if record is not None:
             items.append(record.model_dump(mode="json", exclude={"history"}))
     return JSONResponse({"count": len(items), "items": items})
@@ -50,7 +53,7 @@ async def list_dlq(request: Request) -> Response:
 async def _dead_record(request: Request) -> tuple[Runtime, deliveries.DeliveryRecord]:
     runtime = _authorized(request)
     delivery_id = request.path_params["id"]
-    record = await deliveries.load(runtime.redis, delivery_id)
+    record = await deliveries.load(runtime.redis, delivery_id, keyring=runtime.keyring)
     if record is None or not await deliveries.in_dlq(runtime.redis, delivery_id):
         raise NotFound()
     return runtime, record
@@ -63,7 +66,8 @@ async def show_dlq(request: Request) -> Response:
 
 async def replay_dlq(request: Request) -> Response:
     runtime, record = await _dead_record(request)
-    await deliveries.enqueue_again(runtime.redis, record.id, runtime.settings.retention_s)
+    if not await deliveries.enqueue_again(runtime.redis, record.id, runtime.settings.retention_s):
+        raise NotFound()  # delivered (or purged) by the time we got here
     return JSONResponse({"status": "queued", "delivery_id": record.id}, status_code=202)
 
 
@@ -75,7 +79,7 @@ async def delete_dlq(request: Request) -> Response:
 
 async def show_delivery(request: Request) -> Response:
     runtime = _authorized(request)
-    record = await deliveries.load(runtime.redis, request.path_params["id"])
+    record = await deliveries.load(runtime.redis, request.path_params["id"], keyring=runtime.keyring)
     if record is None:
         raise NotFound()
     return JSONResponse(record.model_dump(mode="json"))

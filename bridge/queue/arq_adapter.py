@@ -1,27 +1,58 @@
-"""The only module that imports arq: job records, the worker, retries.
+"""The only module that imports arq: job records, the worker, its supervision, retries.
 
 arq is maintenance-only, so everything arq-specific stays here. We write arq's job records
 ourselves in the ingest batch (one round trip for many deliveries instead of arq's several per
 enqueue), in exactly the format `arq.jobs.serialize_job` produces, with a JSON serializer
 instead of pickle (nothing read back from Redis can run code).
+
+What we change in how arq runs (`build_worker`, `run`):
+- a job's claim (arq's in-progress key) is a lease of BRIDGE_JOB_LEASE_S, renewed while the job
+  runs, instead of the job timeout + 10 s: a job whose worker was killed runs again soon;
+- arq's own job timeout sits a margin above ours (the Deliverer enforces BRIDGE_JOB_TIMEOUT_S
+  and turns it into a retry), because arq drops a job that times out;
+- `run` restarts arq's poll loop when Redis goes away (arq's loop ends on the first error), so a
+  worker survives a Redis restart without a process restart;
+- claiming a job gives its slot back when Redis fails midway (arq's `start_jobs` leaks it, and
+  after enough Redis blips a worker would run nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import orjson
 from arq import Retry
 from arq.connections import RedisSettings
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from redis.exceptions import ResponseError, WatchError
 
 QUEUE_KEY = default_queue_name
 DELIVER_FUNCTION = "deliver"
+JOB_TIMEOUT_MARGIN_S = 30.0
+RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+HEALTHY_RUN_S = 10.0  # a loop that ran this long before failing starts the delays over
 
-__all__ = ["QUEUE_KEY", "Retry", "build_worker", "job_key", "job_record", "redis_settings"]
+log = logging.getLogger("bridge.worker")
+
+__all__ = [
+    "QUEUE_KEY",
+    "Retry",
+    "build_worker",
+    "drain",
+    "in_progress_key",
+    "job_key",
+    "job_record",
+    "redis_settings",
+    "run",
+]
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -37,6 +68,10 @@ def job_key(delivery_id: str) -> str:
     return job_key_prefix + delivery_id
 
 
+def in_progress_key(delivery_id: str) -> str:
+    return in_progress_key_prefix + delivery_id
+
+
 def job_record(delivery_id: str, enqueue_time_ms: int) -> bytes:
     """The arq job for one delivery: function `deliver`, one argument, the delivery id."""
     return serialize_job(DELIVER_FUNCTION, (delivery_id,), {}, None, enqueue_time_ms, serializer=serialize)
@@ -48,6 +83,47 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+class _Worker(Worker):
+    """arq's Worker with a job claim that cannot leak a concurrency slot."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for raw_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = raw_id.decode()
+            try:
+                score = await self._claim(job_id)
+            except BaseException:
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if score is None:  # running elsewhere, finished, or re-deferred meanwhile
+                self._release_sem_dec_counter_on_complete()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _claim(self, job_id: str) -> int | None:
+        """arq's claim: set the in-progress key unless the job runs elsewhere or is not due."""
+        key = in_progress_key(job_id)
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            running = await pipe.exists(key)
+            score = await pipe.zscore(self.queue_name, job_id)
+            if running or not score or score > timestamp_ms():
+                return None
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(key, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (ResponseError, WatchError):
+                return None
+        return int(score)
+
+
 def build_worker(
     *,
     deliver: Callable[..., Awaitable[Any]],
@@ -56,6 +132,7 @@ def build_worker(
     ctx: dict[str, Any],
     max_jobs: int,
     job_timeout_s: float,
+    job_lease_s: float = 30.0,
     poll_delay_s: float = 0.05,
 ) -> Worker:
     """An arq worker running `deliver(ctx, delivery_id)` with our serializer and no result keys.
@@ -63,13 +140,13 @@ def build_worker(
     Retries are ours (the job raises `Retry(defer=...)`) and bounded by our own window, so arq's
     max_tries is set high enough never to be the one that gives up.
     """
-    return Worker(
+    worker = _Worker(
         functions=[func(cast(Any, deliver), name=DELIVER_FUNCTION, max_tries=1_000_000)],
         redis_pool=redis_pool,
         on_startup=cast(Any, on_startup),
         ctx=ctx,
         max_jobs=max_jobs,
-        job_timeout=job_timeout_s,
+        job_timeout=job_timeout_s + JOB_TIMEOUT_MARGIN_S,
         keep_result=0,
         keep_result_forever=False,
         poll_delay=poll_delay_s,
@@ -80,6 +157,51 @@ def build_worker(
         max_burst_jobs=-1,
         health_check_interval=3600,
     )
+    # arq claims a job for job_timeout + 10 s; ours is a lease that `run` keeps renewing.
+    worker.in_progress_timeout_s = job_lease_s
+    return worker
+
+
+async def run(worker: Worker) -> None:
+    """Run the worker until cancelled (`drain`): renew the claims of running jobs, and restart
+    arq's poll loop whenever it stops on an error (Redis unreachable or restarted)."""
+    renewal = asyncio.get_running_loop().create_task(_renew_claims(worker))
+    worker.main_task = cast(Any, asyncio.current_task())
+    failures = 0
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                await worker.main()
+                return
+            except Exception as exc:  # arq's loop ends on any error; ours does not
+                if time.monotonic() - started > HEALTHY_RUN_S:
+                    failures = 0
+                delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
+                failures += 1
+                log.warning("worker loop stopped (%s); restarting in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+
+
+async def _renew_claims(worker: Worker) -> None:
+    """Extend the in-progress lease of every job this worker is running, every third of it."""
+    lease_ms = int(worker.in_progress_timeout_s * 1000)
+    while True:
+        await asyncio.sleep(worker.in_progress_timeout_s / 3)
+        running = list(worker.tasks)
+        if not running:
+            continue
+        try:
+            async with worker.pool.pipeline(transaction=False) as pipe:
+                for job_id in running:
+                    pipe.pexpire(in_progress_key(job_id), lease_ms)  # no-op once the job has ended
+                await pipe.execute()
+        except Exception as exc:  # Redis away: the claims lapse, the jobs run again elsewhere
+            log.debug("could not renew job claims: %s", type(exc).__name__)
 
 
 def wrap_pool(redis: Any) -> Any:
@@ -100,8 +222,6 @@ async def drain(worker: Worker, grace_s: float) -> None:
     A cancelled job stays in the queue (arq treats cancellation as "run again"), and its
     commands are idempotent, so cutting it short loses nothing.
     """
-    import asyncio
-
     worker.allow_pick_jobs = False
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:

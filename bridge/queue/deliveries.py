@@ -6,6 +6,13 @@ history of its attempts. The dead-letter queue is a sorted set of delivery ids b
 died; the delivery hash itself holds the reason and the command that failed. Replaying puts the
 same delivery (same id, same idempotency keys) back on the queue; the worker removes it from the
 dead-letter queue once it is delivered.
+
+With encryption at rest on, the body and headers are stored sealed (see `bridge.queue.ingest`,
+field `enc` names the key) and so is the failed command of a dead letter; `load(...,
+keyring=...)` opens them. Without a keyring (admin listings, the CLI) a sealed payload is left
+out and `payload_error` says why; so does a keyring that lacks the key, and the worker
+dead-letters such a delivery with that reason instead of crashing. Values stored in clear
+(before encryption was turned on) still load.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from bridge.queue import arq_adapter, keys
+from bridge.queue import arq_adapter, crypto, keys, ordering
 
 Status = Literal["queued", "retrying", "delivered", "ignored", "dead"]
 MAX_HISTORY = 50
@@ -51,8 +58,11 @@ class DeliveryRecord(BaseModel):
     failed_command: dict[str, Any] | None = None
     history: list[Attempt] = Field(default_factory=list)
     dead_at: float | None = None
+    encrypted_with: str | None = Field(default=None, description="key id that sealed the stored payload")
     headers: dict[str, str] = Field(default_factory=dict, exclude=True)
     body: bytes = Field(default=b"", exclude=True)
+    # Why body/headers could not be opened (sealed, and no keyring or not the right key).
+    payload_error: str | None = Field(default=None, exclude=True)
 
 
 def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
@@ -60,7 +70,10 @@ def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
     return value.decode() if value is not None else default
 
 
-async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
+async def load(
+    redis: Redis, delivery_id: str, keyring: crypto.Keyring | None = None
+) -> DeliveryRecord | None:
+    """The stored delivery, its payload opened with `keyring` when it was stored sealed."""
     raw: dict[bytes, bytes] = await cast(
         Awaitable[dict[bytes, bytes]], redis.hgetall(keys.delivery(delivery_id))
     )
@@ -68,6 +81,13 @@ async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
         return None
     failed = raw.get(b"failed_command")
     dead_at = raw.get(b"dead_at")
+    sealed_with = _text(raw, "enc") or None
+    body, headers, payload_error = _payload(raw, delivery_id, sealed_with, keyring)
+    if failed and crypto.is_sealed(failed):
+        try:
+            failed = _open(keyring, failed, crypto.aad(delivery_id, "failed_command"))
+        except crypto.DecryptError:
+            failed = None
     return DeliveryRecord(
         id=delivery_id,
         mapping=_text(raw, "mapping"),
@@ -81,9 +101,32 @@ async def load(redis: Redis, delivery_id: str) -> DeliveryRecord | None:
         failed_command=orjson.loads(failed) if failed else None,
         history=[Attempt.model_validate(a) for a in orjson.loads(raw.get(b"history", b"[]"))],
         dead_at=float(dead_at) if dead_at else None,
-        headers=orjson.loads(raw.get(b"headers", b"{}")),
-        body=raw.get(b"body", b""),
+        encrypted_with=sealed_with,
+        headers=headers,
+        body=body,
+        payload_error=payload_error,
     )
+
+
+def _open(keyring: crypto.Keyring | None, sealed: bytes, aad: bytes) -> bytes:
+    if keyring is None:
+        raise crypto.DecryptError("the stored payload is encrypted and no keys were given to open it")
+    return keyring.open(sealed, aad)
+
+
+def _payload(
+    raw: dict[bytes, bytes], delivery_id: str, sealed_with: str | None, keyring: crypto.Keyring | None
+) -> tuple[bytes, dict[str, str], str | None]:
+    """(body, headers, why they could not be opened) of a stored delivery."""
+    body = raw.get(b"body", b"")
+    headers = raw.get(b"headers", b"{}")
+    if sealed_with is not None:
+        try:
+            body = _open(keyring, body, crypto.aad(delivery_id, "body"))
+            headers = _open(keyring, headers, crypto.aad(delivery_id, "headers"))
+        except crypto.DecryptError as exc:
+            return b"", {}, str(exc)
+    return body, orjson.loads(headers), None
 
 
 async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt, status: Status) -> int:
@@ -109,12 +152,21 @@ async def set_status(redis: Redis, delivery_id: str, status: Status) -> None:
 
 
 async def dead_letter(
-    redis: Redis, delivery_id: str, reason: str, failed_command: dict[str, Any] | None, retention_s: int
+    redis: Redis,
+    delivery_id: str,
+    reason: str,
+    failed_command: dict[str, Any] | None,
+    retention_s: int,
+    keyring: crypto.Keyring | None = None,
 ) -> None:
+    """Move a delivery to the DLQ; the failed command (lead values) is sealed when keys are set."""
     now = time.time()
     key = keys.delivery(delivery_id)
     fields: dict[str, Any] = {"status": "dead", "reason": reason, "dead_at": repr(now)}
-    fields["failed_command"] = orjson.dumps(failed_command) if failed_command is not None else b""
+    command = orjson.dumps(failed_command) if failed_command is not None else b""
+    if command and keyring:
+        command = keyring.seal(command, crypto.aad(delivery_id, "failed_command"))
+    fields["failed_command"] = command
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, retention_s)
@@ -143,24 +195,51 @@ async def in_dlq(redis: Redis, delivery_id: str) -> bool:
     return await redis.zscore(keys.DLQ, delivery_id) is not None
 
 
-async def dlq_size(redis: Redis) -> int:
+async def dlq_size(redis: Redis, retention_s: int | None = None) -> int:
+    """Entries in the DLQ; with `retention_s`, entries that died longer ago than that (their
+    records have expired) are dropped first."""
+    if retention_s is not None:
+        await redis.zremrangebyscore(keys.DLQ, "-inf", f"({time.time() - retention_s}")
     return int(await redis.zcard(keys.DLQ))
 
 
-async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> None:
-    """Put a stored delivery back on the queue under its own id (replay): same idempotency keys."""
+REPLAY_SCRIPT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq')
+if not found[1] then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]')
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', ARGV[5] .. found[1], tonumber(found[2] or '0'), ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return 1
+"""
+
+
+async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> bool:
+    """Replay a dead-lettered delivery: put it back on the queue under its own id, so it keeps its
+    idempotency keys, its arrival order (`seq`) and the record of commands already applied.
+    False (and nothing done) when it is not in the DLQ, checked in the same atomic step: a replay
+    racing the delivery of an earlier replay is either absorbed by it or refused, never lost."""
     now_ms = int(time.time() * 1000)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.delivery(delivery_id), mapping={"status": "queued", "attempts": 0, "history": b"[]"})
-        pipe.expire(keys.delivery(delivery_id), retention_s)
-        pipe.set(
-            arq_adapter.job_key(delivery_id), arq_adapter.job_record(delivery_id, now_ms), ex=retention_s
-        )
-        pipe.zadd(arq_adapter.QUEUE_KEY, {delivery_id: now_ms})
-        await pipe.execute()
+    done = await redis.register_script(REPLAY_SCRIPT)(
+        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.job_key(delivery_id), arq_adapter.QUEUE_KEY],
+        args=[
+            delivery_id,
+            retention_s,
+            arq_adapter.job_record(delivery_id, now_ms),
+            now_ms,
+            ordering.UNPLANNED,
+        ],
+    )
+    return bool(done)
 
 
 async def purge(redis: Redis, delivery_id: str) -> None:
+    """Delete a delivery for good (DLQ purge): its record, its progress and its place in line."""
+    mapping = await cast(Awaitable[bytes | None], redis.hget(keys.delivery(delivery_id), "mapping"))
+    if mapping is not None:
+        await ordering.forget(redis, delivery_id, mapping.decode())
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zrem(keys.DLQ, delivery_id)
         pipe.delete(keys.delivery(delivery_id), keys.done(delivery_id))

@@ -2,20 +2,26 @@
 
 One Lua script per delivery does, atomically: look up the dedupe record (a hit answers
 "duplicate" with the first delivery's id); otherwise write the delivery, the arq job and its
-queue entry, and only then the dedupe record. "Seen" is therefore never recorded without the
-work being stored, and both are written by the same command, so they are equally durable.
+queue entry, its place in arrival order (`seq`, and the mapping's "unplanned" set of
+`bridge.queue.ordering`), and only then the dedupe record. "Seen" is therefore never recorded
+without the work being stored, and both are written by the same command, so they are equally
+durable.
 
 Concurrent requests are grouped: while one batch is in flight, new deliveries wait and go
 together in the next one (a single pipelined round trip and, with the embedded server's
 `appendfsync always`, a single fsync). Optionally the batch waits for replicas (`WAIT`) or for
 the local AOF fsync (`WAITAOF`) before anyone is answered.
+
+With encryption at rest on (a non-empty `Keyring`), the body and headers are sealed here, before
+they are sent to the store: the script receives only ciphertext, and marks the delivery with the
+id of the key that sealed it (field `enc`; see `bridge.queue.crypto`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from bridge.errors import QueueUnavailable
-from bridge.queue import arq_adapter, keys
+from bridge.queue import arq_adapter, crypto, keys, ordering
 
 ACCEPT_SCRIPT = """
 local existing = redis.call('GET', KEYS[1])
@@ -36,9 +42,14 @@ local seq = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[2], 'mapping', ARGV[1], 'provider', ARGV[2], 'event_id', ARGV[3],
   'received_at', ARGV[4], 'headers', ARGV[5], 'body', ARGV[6], 'status', 'queued', 'seq', seq,
   'attempts', 0)
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[2], 'enc', ARGV[12])
+end
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
 redis.call('ZADD', KEYS[4], ARGV[9], ARGV[10])
+redis.call('ZADD', KEYS[6], seq, ARGV[10])
+redis.call('EXPIRE', KEYS[6], ARGV[7])
 redis.call('SET', KEYS[1], ARGV[10], 'EX', ARGV[11])
 return {1, ARGV[10]}
 """
@@ -63,8 +74,12 @@ class Accepted:
     duplicate: bool
 
 
-def new_delivery_id() -> str:
-    return uuid.uuid4().hex
+def new_delivery_id(now_ms: int | None = None, counter: int = 0) -> str:
+    """32 hex digits: milliseconds, a counter, 64 random bits. Ids made by one process sort in
+    the order they were made, so deliveries enqueued in the same millisecond (same arq score)
+    are picked up in arrival order."""
+    stamp = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{stamp & 0xFFFFFFFFFFFF:012x}{counter & 0xFFFF:04x}{secrets.token_hex(8)}"
 
 
 class Accepter:
@@ -79,8 +94,10 @@ class Accepter:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         wait_local_fsync: bool = False,
+        keyring: crypto.Keyring | None = None,
     ) -> None:
         self._redis = redis
+        self._keyring = keyring or crypto.Keyring([])
         self._sha: str | None = None
         self._dedupe_window_s = dedupe_window_s
         self._retention_s = retention_s
@@ -89,6 +106,11 @@ class Accepter:
         self._wait_local_fsync = wait_local_fsync
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
         self._flushing = False
+        self._counter = 0
+
+    def _next_counter(self) -> int:
+        self._counter = (self._counter + 1) & 0xFFFF
+        return self._counter
 
     async def accept(self, incoming: Incoming) -> Accepted:
         """Store one delivery; returns once it is durable. Raises QueueUnavailable."""
@@ -127,7 +149,7 @@ class Accepter:
         if self._sha is None:
             self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
         now_ms = int(time.time() * 1000)
-        ids = [new_delivery_id() for _ in batch]
+        ids = [new_delivery_id(now_ms, self._next_counter()) for _ in batch]
         async with self._redis.pipeline(transaction=False) as pipe:
             for (incoming, _), delivery_id in zip(batch, ids, strict=True):
                 args: list[Any] = [
@@ -136,25 +158,36 @@ class Accepter:
                     arq_adapter.job_key(delivery_id),
                     arq_adapter.QUEUE_KEY,
                     keys.SEQ,
+                    ordering.unplanned_key(incoming.mapping),
                     incoming.mapping,
                     incoming.provider,
                     incoming.event_id,
                     now_ms,
-                    orjson.dumps(dict(incoming.headers)),
-                    incoming.body,
+                    *self._payload(incoming, delivery_id),
                     self._retention_s,
                     arq_adapter.job_record(delivery_id, now_ms),
                     now_ms,
                     delivery_id,
                     self._dedupe_window_s,
+                    self._keyring.current_key_id,
                 ]
-                pipe.evalsha(self._sha, 5, *args)
+                pipe.evalsha(self._sha, 6, *args)
             if self._wait_replicas:
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
             if self._wait_local_fsync:
                 pipe.execute_command("WAITAOF", 1, 0, self._wait_timeout_ms)
             results: list[object] = await pipe.execute()
         return results
+
+    def _payload(self, incoming: Incoming, delivery_id: str) -> tuple[bytes, bytes]:
+        """The stored headers and body: sealed when encryption at rest is on, else as received."""
+        headers = orjson.dumps(dict(incoming.headers))
+        if not self._keyring:
+            return headers, incoming.body
+        return (
+            self._keyring.seal(headers, crypto.aad(delivery_id, "headers")),
+            self._keyring.seal(incoming.body, crypto.aad(delivery_id, "body")),
+        )
 
     def _answer(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]], results: list[object]) -> None:
         if self._wait_replicas and int(str(results[len(batch)])) < self._wait_replicas:

@@ -17,6 +17,8 @@ DLQ = PREFIX + "dlq"  # sorted set: dead-lettered delivery ids by time
 CIRCUIT = PREFIX + "circuit"  # hash: shared upstream circuit breaker state
 RATE = PREFIX + "rate:"  # string counters: per-mapping accept rate limits
 HEARTBEAT = PREFIX + "worker:"  # string with TTL per worker process
+UNPLANNED = PREFIX + "unplanned:"  # sorted set per mapping: accepted, not yet planned (seq -> id)
+PENDING = PREFIX + "pending:"  # sorted set per link + hashed key: deliveries owing it a command
 
 
 def digest(value: str) -> str:

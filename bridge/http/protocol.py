@@ -1,0 +1,96 @@
+"""uvicorn's httptools protocol with the request-head bounds uvicorn does not have.
+
+uvicorn bounds headers only with its pure-Python h11 parser (`h11_max_incomplete_event_size`);
+with httptools, which it prefers when installed, a request line and headers of any size and
+number are accepted. And no uvicorn parser has a deadline for the request head: a client that
+connects and sends nothing, or trickles its headers, holds a connection (and a slot of
+`limit_concurrency`) for as long as it likes. This subclass adds, per request:
+
+- a deadline (`header_timeout_s`) from the connection's first byte of the request (or from the
+  connection being made) to the end of its headers: past it, the connection is closed;
+- at most `max_headers` headers and `max_head_bytes` of request line + headers: past either,
+  a 400 and the connection closed (uvicorn's own answer to a request it cannot parse).
+
+`bounded_protocol(...)` makes the class for uvicorn's `Config(http=...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class HeadTooLarge(Exception):
+    """Raised inside a parser callback; httptools turns it into a parse error (uvicorn: 400)."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout_s: float = 10.0
+    max_headers: int = 100
+    max_head_bytes: int = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        if len(self.headers) >= self.max_headers:
+            raise HeadTooLarge()
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            raise HeadTooLarge()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        # Only while waiting for a request head: a request in progress is the app's to time out.
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+
+def bounded_protocol(
+    header_timeout_s: float, max_headers: int, max_head_bytes: int
+) -> type[HttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, with these bounds."""
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"header_timeout_s": header_timeout_s, "max_headers": max_headers, "max_head_bytes": max_head_bytes},
+    )

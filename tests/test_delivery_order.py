@@ -1,0 +1,244 @@
+"""Per-record order: one at a time and in arrival order across worker processes, stale `order`
+skipped, a patch waiting for a create that arrives after it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from bridge.queue import arq_adapter, keys
+from bridge.queue.ingest import Accepter, Incoming
+from bridge.queue.ordering import Ordering, OrderWait, pending_key, unplanned_key
+from bridge.runtime import Runtime
+from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID
+from tests import pipeline as pipelines
+from tests.pipeline import SECRET, pipeline, sign
+from tests.servers import until
+
+STAGES = ["New", "Contacted", "Qualified", "Won", "Lost"]
+
+CRM = f"""\
+version: 1
+name: crm
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+key: data.email
+lead:
+  state: data.stage
+  data:
+    email: data.email
+    step: data.step
+"""
+
+ORDERED = f"""\
+version: 1
+name: ordered
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+key: data.email
+order: data.updated_at
+lead:
+  data:
+    email: data.email
+    name: data.name
+"""
+
+FORM = f"""\
+version: 1
+name: form
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+key: data.email
+link: people
+lead:
+  data:
+    email: data.email
+    name: data.name
+"""
+
+CRM_PATCH = f"""\
+version: 1
+name: crm-patch
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: patch
+key: data.email
+link: people
+lead:
+  data:
+    phone: data.phone
+"""
+
+
+# -- the bookkeeping, on its own ------------------------------------------------------------------
+
+
+async def test_accept_puts_each_delivery_in_line_in_arrival_order(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    incoming = [
+        Incoming(mapping="m", provider="none", event_id=f"e{n}", body=b"{}", headers={}) for n in range(300)
+    ]
+    ids = [r.delivery_id for r in await asyncio.gather(*(accepter.accept(i) for i in incoming))]
+    seqs = {i: int(await redis_client.hget(keys.delivery(i), "seq") or 0) for i in ids}
+    # Ids sort like their arrival numbers, so jobs enqueued in the same millisecond (same queue
+    # score) are picked up in arrival order too.
+    assert sorted(ids) == sorted(ids, key=seqs.__getitem__)
+    line = await redis_client.zrange(unplanned_key("m"), 0, -1, withscores=True)
+    assert [(m.decode(), int(score)) for m, score in line] == sorted(seqs.items(), key=lambda x: x[1])
+
+
+async def _queued(redis: Redis, delivery_id: str) -> None:
+    """What ingest leaves for a delivery: its arq job (a blocker is alive while its job exists)."""
+    await redis.set(arq_adapter.job_key(delivery_id), b"job")
+    await redis.zadd(arq_adapter.QUEUE_KEY, {delivery_id: time.time() * 1000})
+
+
+async def test_a_later_delivery_waits_for_an_earlier_one_to_be_planned_then_applied(
+    redis_client: Redis,
+) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    for seq, delivery_id in ((1, "a"), (2, "b")):
+        await _queued(redis_client, delivery_id)
+        await redis_client.zadd(unplanned_key("m"), {delivery_id: seq})
+    # b was picked up first: planned and in line for the record, but a (earlier) is not planned.
+    await ordering.register("b", "m", 2, [("link", "k")])
+    with pytest.raises(OrderWait):
+        await ordering.wait_turn("b", 2, "link", "k", {"m"})
+    await ordering.register("a", "m", 1, [("link", "k")])
+    await ordering.wait_turn("a", 1, "link", "k", {"m"})  # a goes first...
+    with pytest.raises(OrderWait):
+        await ordering.wait_turn("b", 2, "link", "k", {"m"})  # ...while b waits for it
+    await ordering.release("a", "link", "k")
+    await ordering.wait_turn("b", 2, "link", "k", {"m"})
+    # Another record is never held up by this one.
+    await ordering.register("c", "m", 3, [("link", "other")])
+    await ordering.wait_turn("c", 3, "link", "other", {"m"})
+
+
+async def test_a_blocker_whose_job_is_gone_is_dropped(redis_client: Redis) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    await redis_client.zadd(unplanned_key("m"), {"lost": 1})  # no arq job: it will never run
+    await _queued(redis_client, "b")
+    await ordering.register("b", "m", 2, [("link", "k")])
+    await redis_client.zadd(pending_key("link", "k"), {"crashed": 0})
+    await ordering.wait_turn("b", 2, "link", "k", {"m"})
+    assert await redis_client.zcard(unplanned_key("m")) == 0
+    assert await redis_client.zrange(pending_key("link", "k"), 0, -1) == [b"b"]
+
+
+async def test_forget_and_a_new_plan_leave_the_sets(redis_client: Redis) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5)
+    await redis_client.hset(keys.delivery("d"), "mapping", "m")
+    await ordering.register("d", "m", 1, [("l", "k1"), ("l", "k2")])
+    await ordering.register("d", "m", 1, [("l", "k2")])  # the mapping changed between runs
+    assert await redis_client.zcard(pending_key("l", "k1")) == 0
+    assert await redis_client.zcard(pending_key("l", "k2")) == 1
+    await ordering.forget("d", "m")
+    assert await redis_client.zcard(pending_key("l", "k2")) == 0
+
+
+async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Redis) -> None:
+    first = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
+    second = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
+    name = keys.record(keys.LOCK, "l", "k")
+    async with first.lock("l", "k"):
+        with pytest.raises(OrderWait) as held:
+            async with second.lock("l", "k"):
+                pass
+        assert 0 < held.value.defer_s <= 1.0
+
+        async def renewed_past_its_lease() -> bool:
+            return bool(await redis_client.exists(name)) and time.monotonic() - started > 1.5
+
+        started = time.monotonic()
+        await until(renewed_past_its_lease, timeout_s=5)
+    assert not await redis_client.exists(name)
+
+
+# -- whole pipelines ------------------------------------------------------------------------------
+
+
+async def test_per_key_order_holds_across_two_worker_processes(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(redis_url, tmp_path / "mappings", mapping_files={"crm.yaml": CRM}) as pipe:
+        second = Runtime(
+            pipelines.test_settings(tmp_path / "mappings"),
+            redis_url=redis_url,
+            environ={"CONTACT_SECRET": SECRET},
+            upstream=(pipe.sandbox_url, DEMO_API_KEY),
+        )
+        second.load_mappings()
+        await second.start_worker()
+        try:
+            # Failures make early events retry while later ones are already queued.
+            await pipe.set_faults(error_rate=0.3, seed=11, latency_ms=5)
+            stages = [STAGES[n % len(STAGES)] for n in range(12)]
+            ids = []
+            for step, stage in enumerate(stages):
+                body = {"data": {"email": "ord@example.com", "stage": stage, "step": step}}
+                raw = orjson.dumps(body)
+                response = await pipe.post("crm", raw, sign(raw))
+                assert response.status_code == 202
+                ids.append(response.json()["delivery_id"])
+            for delivery_id in ids:
+                await pipe.wait_status(delivery_id, "delivered", timeout_s=30)
+        finally:
+            await second.close()
+        names = {s.id: s.name for s in pipe.sandbox.tables[DEMO_TABLE_ID].spec.leadStates}
+        entries = await pipe.entries()
+        assert len(entries) == 1
+        assert entries[0]["data"] == {"email": "ord@example.com", "step": 11}
+        events = [e for e in await pipe.events() if e["entryId"] == entries[0]["id"]]
+        assert [e["type"] for e in events].count("table.entry.added") == 1
+        # The create sets the first stage, then every patch moves it on: in the order sent.
+        changes = [e["leadStateId"] for e in events if e["type"] == "table.entry.leadState.changed"]
+        assert [names[c] for c in changes] == stages
+
+
+async def test_an_older_event_is_skipped_as_stale_and_counted(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(redis_url, tmp_path / "mappings", mapping_files={"ordered.yaml": ORDERED}) as pipe:
+        newer = {"data": {"email": "o@example.com", "name": "Newer", "updated_at": "2024-05-02T10:00:00Z"}}
+        older = {"data": {"email": "o@example.com", "name": "Older", "updated_at": "2024-05-01T10:00:00Z"}}
+        ids = []
+        for body in (newer, older):
+            raw = orjson.dumps(body)
+            ids.append((await pipe.post("ordered", raw, sign(raw))).json()["delivery_id"])
+        for delivery_id in ids:
+            await pipe.wait_status(delivery_id, "delivered")
+        entries = await pipe.entries()
+        assert [e["data"]["name"] for e in entries] == ["Newer"]
+        assert await pipe.redis.hget(keys.done(ids[1]), "0") == b"stale"
+        stale = pipe.runtime.metrics.registry.get_sample_value(
+            "leadbridge_commands_total", {"mapping": "ordered", "action": "upsert", "outcome": "stale"}
+        )
+        assert stale == 1
+
+
+async def test_a_patch_that_arrives_first_waits_for_the_create(redis_url: str, tmp_path: Path) -> None:
+    files = {"form.yaml": FORM, "crm-patch.yaml": CRM_PATCH}
+    async with pipeline(redis_url, tmp_path / "mappings", mapping_files=files) as pipe:
+        patch = orjson.dumps({"data": {"email": "p@example.com", "phone": "+4915100000000"}})
+        first = (await pipe.post("crm-patch", patch, sign(patch))).json()["delivery_id"]
+
+        async def waited() -> bool:
+            return int(await pipe.redis.hget(keys.delivery(first), "attempts") or 0) >= 1
+
+        await until(waited)
+        create = orjson.dumps({"data": {"email": "p@example.com", "name": "Pat"}})
+        second = (await pipe.post("form", create, sign(create))).json()["delivery_id"]
+        await pipe.wait_status(second, "delivered")
+        await pipe.wait_status(first, "delivered")
+        entries = await pipe.entries()
+        assert len(entries) == 1
+        assert entries[0]["data"] == {"email": "p@example.com", "name": "Pat", "phone": "+4915100000000"}

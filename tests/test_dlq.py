@@ -1,0 +1,285 @@
+"""The dead-letter queue: what goes there and how, `leadbridge dlq` (a real subprocess beside a
+running worker), the /admin routes, replay of a fixed mapping, replay twice, retention."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+
+from bridge.queue import arq_adapter, deliveries, keys
+from bridge.sandbox import DEMO_TABLE_ID
+from tests.delivery_support import env, leadbridge
+from tests.pipeline import Pipeline, pipeline, sign
+from tests.servers import until
+
+SIGNUP = f"""\
+version: 1
+name: signup
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+key: data.email
+lead:
+  data:
+    email: data.email
+    phone: {{path: data.{{field}}, required: true}}
+"""
+
+TEAM = f"""\
+version: 1
+name: team
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+each: data.people
+key: email
+lead:
+  data:
+    email: email
+  appointment_type: {{appointment}}
+"""
+
+BROKEN_SIGNUP = SIGNUP.replace("{field}", "telephone")  # the payload calls it `phone`
+FIXED_SIGNUP = SIGNUP.replace("{field}", "phone")
+BROKEN_TEAM = TEAM.replace("{appointment}", "appt")  # a number: the upstream refuses it (400)
+FIXED_TEAM = TEAM.replace("{appointment}", "{path: appt, then: [string]}")
+
+
+async def _post(pipe: Pipeline, name: str, body: dict[str, object]) -> str:
+    raw = orjson.dumps(body)
+    response = await pipe.post(name, raw, sign(raw))
+    assert response.status_code == 202
+    return str(response.json()["delivery_id"])
+
+
+async def _dead(pipe: Pipeline, delivery_id: str) -> deliveries.DeliveryRecord:
+    await pipe.wait_status(delivery_id, "dead")
+    record = await deliveries.load(pipe.redis, delivery_id)
+    assert record is not None
+    return record
+
+
+def _cli_env(redis_url: str, **more: str) -> dict[str, str]:
+    return env(REDIS_URL=redis_url, **more)
+
+
+async def test_a_permanent_upstream_error_goes_straight_to_the_dlq_with_its_message(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with pipeline(redis_url, tmp_path / "m", mapping_files={"team.yaml": BROKEN_TEAM}) as pipe:
+        delivery_id = await _post(pipe, "team", {"data": {"people": [{"email": "x@example.com", "appt": 5}]}})
+        record = await _dead(pipe, delivery_id)
+        assert record.attempts == 1  # no retries for a 400
+        assert [a.status for a in record.history] == [400]
+        assert record.reason == (
+            "POST table_entries answered 400: interestedInAppointmentTypeId must be a string or null"
+        )
+        assert record.failed_command is not None
+        assert record.failed_command["index"] == 0
+        assert await deliveries.dlq_ids(pipe.redis) == [delivery_id]
+        assert await pipe.entries() == []
+
+
+async def test_replay_of_a_fixed_mapping_with_the_cli_then_replay_twice(
+    redis_url: str, tmp_path: Path
+) -> None:
+    mappings = tmp_path / "m"
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "s@example.com", "phone": "+4930123"}})
+        record = await _dead(pipe, delivery_id)
+        assert record.reason is not None
+        assert record.reason.startswith("mapping error: lead.data.phone")
+        assert record.attempts == 1
+        cli = _cli_env(redis_url)
+
+        code, out, _ = await leadbridge("dlq", "list", environ=cli)
+        assert code == 0
+        assert delivery_id in out
+        assert "signup" in out
+        code, out, _ = await leadbridge("dlq", "show", delivery_id, environ=cli)
+        assert code == 0
+        shown = orjson.loads(out)
+        assert shown["reason"] == record.reason
+        assert shown["status"] == "dead"
+        assert "body" not in shown  # the payload is not printed
+
+        (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+        assert pipe.runtime.mappings.reload()
+        code, out, _ = await leadbridge("dlq", "replay", delivery_id, environ=cli)
+        assert code == 0
+        assert "queued for replay" in out
+        await pipe.wait_status(delivery_id, "delivered")
+        assert await deliveries.dlq_ids(pipe.redis) == []
+        entries = await pipe.entries()
+        assert [e["data"] for e in entries] == [{"email": "s@example.com", "phone": "+4930123"}]
+
+        code, out, err = await leadbridge("dlq", "replay", delivery_id, environ=cli)
+        assert code == 1
+        assert f"{delivery_id} is not in the dead-letter queue" in err
+        code, out, _ = await leadbridge("dlq", "list", environ=cli)
+        assert out.strip() == "the dead-letter queue is empty"
+        assert len(await pipe.entries()) == 1
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_replay_sends_only_what_did_not_reach_the_upstream(redis_url: str, tmp_path: Path) -> None:
+    mappings = tmp_path / "m"
+    async with pipeline(redis_url, mappings, mapping_files={"team.yaml": BROKEN_TEAM}) as pipe:
+        people = [{"email": "ok@example.com", "appt": "a1"}, {"email": "bad@example.com", "appt": 5}]
+        delivery_id = await _post(pipe, "team", {"data": {"people": people}})
+        record = await _dead(pipe, delivery_id)
+        assert record.failed_command is not None
+        assert record.failed_command["index"] == 1
+        assert len(await pipe.entries()) == 1  # the first command did reach the upstream
+
+        (mappings / "team.yaml").write_text(FIXED_TEAM)
+        assert pipe.runtime.mappings.reload()
+        # Two operators replay at once: one run, or the second is refused once it is delivered.
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        await pipe.wait_status(delivery_id, "delivered")
+        assert not await deliveries.enqueue_again(pipe.redis, delivery_id, 60)  # not in the DLQ now
+
+        async def queue_empty() -> bool:
+            return await pipe.redis.zcard(arq_adapter.QUEUE_KEY) == 0
+
+        await until(queue_empty)
+        # A worker that died after the last command but before marking the delivery delivered:
+        # the job runs again, and the record of applied commands keeps it from sending anything
+        # (the upstream's own idempotency records are wiped, so a resend would show).
+        pipe.sandbox.idempotency.clear()
+        await pipe.redis.hset(keys.delivery(delivery_id), "status", "retrying")
+        now_ms = int(time.time() * 1000)
+        await pipe.redis.set(arq_adapter.job_key(delivery_id), arq_adapter.job_record(delivery_id, now_ms))
+        await pipe.redis.zadd(arq_adapter.QUEUE_KEY, {delivery_id: now_ms})
+        await pipe.wait_status(delivery_id, "delivered")
+        await until(queue_empty)
+        entries = await pipe.entries()
+        assert sorted((e["data"]["email"], e["interestedInAppointmentTypeId"]) for e in entries) == [
+            ("bad@example.com", "5"),
+            ("ok@example.com", "a1"),
+        ]
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 2
+
+
+async def test_cli_purge_replay_all_and_unknown_ids(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(redis_url, tmp_path / "m", mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        ids = [await _post(pipe, "signup", {"data": {"email": f"{n}@example.com"}}) for n in range(3)]
+        for delivery_id in ids:
+            await _dead(pipe, delivery_id)
+        cli = _cli_env(redis_url)
+
+        code, _, err = await leadbridge("dlq", "show", "no-such-id", environ=cli)
+        assert code == 1
+        assert "no-such-id is not in the dead-letter queue" in err
+        code, _, err = await leadbridge("dlq", "purge", "no-such-id", environ=cli)
+        assert code == 1
+
+        code, out, _ = await leadbridge("dlq", "purge", ids[0], environ=cli)
+        assert code == 0
+        assert not await pipe.redis.exists(keys.delivery(ids[0]))
+        code, out, _ = await leadbridge("dlq", "replay", "--all", environ=cli)
+        assert code == 0
+        assert "2 deliveries queued for replay" in out
+        for delivery_id in ids[1:]:  # the mapping is still broken: they die again
+            await _dead(pipe, delivery_id)
+        code, out, _ = await leadbridge("dlq", "purge", "--all", environ=cli)
+        assert code == 0
+        assert "2 deliveries purged" in out
+        assert await deliveries.dlq_ids(pipe.redis) == []
+        code, out, _ = await leadbridge("dlq", "list", environ=cli)
+        assert out.strip() == "the dead-letter queue is empty"
+
+
+async def test_cli_without_a_reachable_queue_says_so(tmp_path: Path) -> None:
+    code, _out, err = await leadbridge("dlq", "list", environ=env(REDIS_URL=f"unix://{tmp_path}/none.sock"))
+    assert code == 1
+    assert "cannot reach the queue" in err
+    assert "Traceback" not in err
+
+
+async def test_retention_expires_the_delivery_and_its_dlq_entry(
+    redis_url: str, tmp_path: Path, redis_client: Redis
+) -> None:
+    async with pipeline(
+        redis_url, tmp_path / "m", mapping_files={"signup.yaml": BROKEN_SIGNUP}, BRIDGE_RETENTION_S=2
+    ) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "r@example.com"}})
+        await _dead(pipe, delivery_id)
+        assert await deliveries.dlq_ids(redis_client) == [delivery_id]
+        assert 0 < await redis_client.ttl(keys.delivery(delivery_id)) <= 2
+
+        async def expired() -> bool:
+            return not await redis_client.exists(keys.delivery(delivery_id), keys.done(delivery_id))
+
+        await until(expired, timeout_s=6)
+        assert await redis_client.zscore(keys.DLQ, delivery_id) is not None  # until someone lists
+        assert await deliveries.dlq_ids(redis_client) == []
+        assert await redis_client.zscore(keys.DLQ, delivery_id) is None
+        code, out, _ = await leadbridge("dlq", "list", environ=_cli_env(redis_url))
+        assert out.strip() == "the dead-letter queue is empty"
+        code, _, _ = await leadbridge("dlq", "show", delivery_id, environ=_cli_env(redis_url))
+        assert code == 1
+
+
+async def test_dlq_size_gauge_drops_entries_past_retention(redis_client: Redis) -> None:
+    await redis_client.zadd(keys.DLQ, {"old": 1000.0, "new": 9_999_999_999.0})
+    assert await deliveries.dlq_size(redis_client) == 2
+    assert await deliveries.dlq_size(redis_client, retention_s=60) == 1
+
+
+async def test_admin_routes(redis_url: str, tmp_path: Path) -> None:
+    mappings = tmp_path / "m"
+    async with pipeline(
+        redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}, BRIDGE_ADMIN_TOKEN="admin-tok"
+    ) as pipe:
+        auth = {"authorization": "Bearer admin-tok"}
+        first = await _post(pipe, "signup", {"data": {"email": "a1@example.com", "phone": "+491"}})
+        second = await _post(pipe, "signup", {"data": {"email": "a2@example.com", "phone": "+492"}})
+        for delivery_id in (first, second):
+            await _dead(pipe, delivery_id)
+        http, base = pipe.http, pipe.url
+
+        assert (await http.get(f"{base}/admin/dlq")).status_code == 401
+        assert (
+            await http.get(f"{base}/admin/dlq", headers={"authorization": "Bearer nope"})
+        ).status_code == 401
+        listing = (await http.get(f"{base}/admin/dlq", headers=auth)).json()
+        assert listing["count"] == 2
+        assert sorted(i["id"] for i in listing["items"]) == sorted([first, second])
+        shown = await http.get(f"{base}/admin/dlq/{first}", headers=auth)
+        assert shown.status_code == 200
+        assert shown.json()["reason"].startswith("mapping error")
+        assert len(shown.json()["history"]) == 1
+        assert (await http.get(f"{base}/admin/dlq/nope", headers=auth)).status_code == 404
+        delivery = (await http.get(f"{base}/admin/deliveries/{first}", headers=auth)).json()
+        assert delivery["status"] == "dead"
+        assert (await http.get(f"{base}/admin/deliveries/nope", headers=auth)).status_code == 404
+
+        deleted = await http.delete(f"{base}/admin/dlq/{second}", headers=auth)
+        assert deleted.json() == {"status": "purged", "delivery_id": second}
+        assert (await http.delete(f"{base}/admin/dlq/{second}", headers=auth)).status_code == 404
+
+        (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+        assert pipe.runtime.mappings.reload()
+        replay = await http.post(f"{base}/admin/dlq/{first}/replay", headers=auth)
+        assert replay.status_code == 202
+        await pipe.wait_status(first, "delivered")
+        assert (await http.get(f"{base}/admin/dlq", headers=auth)).json()["count"] == 0
+        assert (await http.post(f"{base}/admin/dlq/{first}/replay", headers=auth)).status_code == 404
+        assert [e["data"]["email"] for e in await pipe.entries()] == ["a1@example.com"]
+
+
+async def test_admin_routes_are_hidden_without_a_token(pipe: Pipeline) -> None:
+    for method, path in (
+        ("GET", "/admin/dlq"),
+        ("POST", "/admin/dlq/x/replay"),
+        ("GET", "/admin/deliveries/x"),
+    ):
+        response = await pipe.http.request(method, f"{pipe.url}{path}", headers={"authorization": "Bearer x"})
+        assert response.status_code == 404

@@ -1,0 +1,241 @@
+"""Encryption at rest: sealed in Redis, opened by the worker and a DLQ replay, rotation, and a
+clear error (never a crash) for a missing or wrong key."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from bridge.errors import ConfigError
+from bridge.queue import crypto, deliveries, keys
+from bridge.queue.crypto import DecryptError, Keyring
+from bridge.queue.ingest import Accepter, Incoming
+from tests.pipeline import pipeline, sign
+
+ADMIN_TOKEN = "crypto-admin-token-71d2"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+MARKERS = {"email": "crypto.marker.5e1f@example.org", "first_name": "Quillonia"}
+PAYLOAD = {"type": "contact.submitted", "data": MARKERS}
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def keyring(*encoded: str) -> Keyring:
+    return Keyring.parse(",".join(encoded))
+
+
+# -- the keyring ---------------------------------------------------------------------------------
+
+
+def test_seal_and_open_round_trip_without_the_plaintext_in_the_sealed_value() -> None:
+    ring = keyring(new_key())
+    sealed = ring.seal(b"secret lead body", b"lb:d:1:body")
+    assert b"secret lead body" not in sealed
+    assert crypto.is_sealed(sealed)
+    assert ring.open(sealed, b"lb:d:1:body") == b"secret lead body"
+    assert ring.seal(b"x", b"a") != ring.seal(b"x", b"a")  # a fresh nonce each time
+
+
+def test_rotation_new_key_first_old_key_still_opens() -> None:
+    old, new = new_key(), new_key()
+    sealed_by_old = keyring(old).seal(b"before rotation", b"aad")
+    rotated = keyring(new, old)
+    assert rotated.open(sealed_by_old, b"aad") == b"before rotation"
+    sealed_by_new = rotated.seal(b"after rotation", b"aad")
+    assert sealed_by_new[len(crypto.MAGIC) :][:4].hex() == rotated.current_key_id
+    with pytest.raises(DecryptError, match=rotated.current_key_id):
+        keyring(old).open(sealed_by_new, b"aad")
+
+
+def test_a_missing_key_a_tampered_value_or_another_place_is_a_clear_error() -> None:
+    key = new_key()
+    ring = keyring(key)
+    sealed = ring.seal(b"payload", crypto.aad("d1", "body"))
+    missing = f"key id {ring.current_key_id}, which is not in BRIDGE_ENCRYPTION_KEYS"
+    with pytest.raises(DecryptError, match=missing):
+        keyring(new_key()).open(sealed, crypto.aad("d1", "body"))
+    with pytest.raises(DecryptError, match="altered"):
+        ring.open(sealed[:-1] + bytes([sealed[-1] ^ 1]), crypto.aad("d1", "body"))
+    with pytest.raises(DecryptError, match="altered"):
+        ring.open(sealed, crypto.aad("d2", "body"))  # moved to another delivery
+    with pytest.raises(DecryptError, match="not in the sealed format"):
+        ring.open(b'{"clear": true}', crypto.aad("d1", "body"))
+    with pytest.raises(DecryptError, match="not in BRIDGE_ENCRYPTION_KEYS"):
+        Keyring([]).open(sealed, crypto.aad("d1", "body"))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["not-base64!", base64.b64encode(b"short").decode(), new_key() + ",", "," + new_key()],
+)
+def test_a_malformed_key_list_is_a_config_error_that_does_not_echo_it(setting: str) -> None:
+    with pytest.raises(ConfigError, match=r"BRIDGE_ENCRYPTION_KEYS: key [12] is not the base64 of 32") as err:
+        Keyring.parse(setting)
+    for part in setting.split(","):
+        if part:
+            assert part not in str(err.value)
+
+
+def test_keys_never_show_in_repr_and_unset_means_off() -> None:
+    key = new_key()
+    ring = keyring(key)
+    assert key not in repr(ring)
+    assert base64.b64decode(key).hex() not in repr(ring)
+    assert not Keyring.parse(None)
+    assert not Keyring.parse("  ")
+    assert Keyring.parse(f" {key} , {new_key()} ").key_ids[0] == ring.current_key_id
+
+
+# -- the store -------------------------------------------------------------------------------------
+
+
+def _incoming(body: bytes) -> Incoming:
+    return Incoming(
+        mapping="contact",
+        provider="standard-webhooks",
+        event_id=f"evt-{os.urandom(4).hex()}",
+        body=body,
+        headers={"content-type": "application/json"},
+    )
+
+
+def _accepter(redis: Redis, ring: Keyring | None) -> Accepter:
+    return Accepter(redis, dedupe_window_s=60, retention_s=60, keyring=ring)
+
+
+async def test_stored_sealed_loaded_open_and_clear_values_still_load(redis_client: Redis) -> None:
+    body = orjson.dumps(PAYLOAD)
+    ring = keyring(new_key())
+    sealed = await _accepter(redis_client, ring).accept(_incoming(body))
+    clear = await _accepter(redis_client, None).accept(_incoming(body))
+
+    raw = await redis_client.hgetall(keys.delivery(sealed.delivery_id))
+    assert raw[b"enc"].decode() == ring.current_key_id
+    for value in raw.values():
+        assert MARKERS["email"].encode() not in value
+        assert b"content-type" not in value  # the headers are sealed too
+
+    opened = await deliveries.load(redis_client, sealed.delivery_id, keyring=ring)
+    assert opened is not None
+    assert (opened.body, opened.payload_error) == (body, None)
+    assert opened.headers == {"content-type": "application/json"}
+    assert opened.encrypted_with == ring.current_key_id
+    # A delivery stored before encryption was turned on still loads, keys or not.
+    for ring_or_none in (ring, None):
+        loaded = await deliveries.load(redis_client, clear.delivery_id, keyring=ring_or_none)
+        assert loaded is not None
+        assert (loaded.body, loaded.payload_error, loaded.encrypted_with) == (body, None, None)
+
+
+async def test_without_the_key_the_record_loads_and_says_why_its_payload_does_not(
+    redis_client: Redis,
+) -> None:
+    ring = keyring(new_key())
+    accepted = await _accepter(redis_client, ring).accept(_incoming(orjson.dumps(PAYLOAD)))
+    for other in (None, keyring(new_key()), Keyring([])):
+        record = await deliveries.load(redis_client, accepted.delivery_id, keyring=other)
+        assert record is not None
+        assert (record.mapping, record.status) == ("contact", "queued")
+        assert (record.body, record.headers) == (b"", {})
+        assert record.payload_error is not None
+        assert "BRIDGE_ENCRYPTION_KEYS" in record.payload_error or "no keys" in record.payload_error
+        assert "payload_error" not in record.model_dump(mode="json")
+
+
+async def test_a_dead_letters_failed_command_is_sealed(redis_client: Redis) -> None:
+    ring = keyring(new_key())
+    accepted = await _accepter(redis_client, ring).accept(_incoming(orjson.dumps(PAYLOAD)))
+    command = {"action": "create", "data": MARKERS}
+    await deliveries.dead_letter(
+        redis_client, accepted.delivery_id, "upstream said 400", command, 60, keyring=ring
+    )
+    raw = await redis_client.hget(keys.delivery(accepted.delivery_id), "failed_command")
+    assert raw is not None
+    assert crypto.is_sealed(raw)
+    assert MARKERS["email"].encode() not in raw
+    opened = await deliveries.load(redis_client, accepted.delivery_id, keyring=ring)
+    assert opened is not None
+    assert opened.failed_command == command
+    unopened = await deliveries.load(redis_client, accepted.delivery_id)
+    assert unopened is not None
+    assert unopened.failed_command is None
+    assert unopened.reason == "upstream said 400"
+
+
+# -- the whole pipeline ------------------------------------------------------------------------------
+
+
+async def _raw_values(redis: Redis) -> list[bytes]:
+    values: list[bytes] = []
+    async for key in redis.scan_iter(match="lb:d:*"):
+        values.extend((await redis.hgetall(key)).values())
+    return values
+
+
+async def test_encrypted_deliveries_are_unreadable_in_redis_yet_delivered_and_replayable(
+    redis_url: str, tmp_path: Path
+) -> None:
+    key = new_key()
+    async with pipeline(
+        redis_url,
+        tmp_path / "mappings",
+        BRIDGE_ENCRYPTION_KEYS=key,
+        BRIDGE_ADMIN_TOKEN=ADMIN_TOKEN,
+        BRIDGE_RETRY_MAX_ATTEMPTS=2,
+    ) as pipe:
+        assert pipe.runtime.keyring.key_ids == keyring(key).key_ids  # Runtime reads the setting
+        # 1. Delivered although Redis holds only ciphertext.
+        first = await pipe.send_signed(PAYLOAD)
+        assert first.status_code == 202
+        await pipe.wait_status(first.json()["delivery_id"], "delivered")
+        # 2. Dead-lettered (upstream down), then replayed through the admin API.
+        await pipe.set_faults(error_rate=1.0)
+        other = {"type": "contact.submitted", "data": {**MARKERS, "email": "second." + MARKERS["email"]}}
+        second = await pipe.send_signed(other)
+        dead_id = second.json()["delivery_id"]
+        await pipe.wait_status(dead_id, "dead")
+        for value in await _raw_values(pipe.redis):
+            assert MARKERS["email"].encode() not in value
+            assert MARKERS["first_name"].encode() not in value
+        shown = await pipe.http.get(f"{pipe.url}/admin/dlq/{dead_id}", headers=ADMIN)
+        assert shown.status_code == 200
+        assert shown.json()["encrypted_with"] == keyring(key).current_key_id
+        assert shown.json()["failed_command"]["data"]["email"] == "second." + MARKERS["email"]
+        await pipe.set_faults(error_rate=0.0)
+        replay = await pipe.http.post(f"{pipe.url}/admin/dlq/{dead_id}/replay", headers=ADMIN)
+        assert replay.status_code == 202
+        await pipe.wait_status(dead_id, "delivered")
+        emails = sorted(e["data"]["email"] for e in await pipe.entries())
+        assert emails == sorted([MARKERS["email"], "second." + MARKERS["email"]])
+
+
+async def test_a_worker_without_the_key_dead_letters_with_the_reason_and_a_rotated_one_replays(
+    redis_url: str, tmp_path: Path
+) -> None:
+    old, new = new_key(), new_key()
+    body = orjson.dumps(PAYLOAD)
+    async with pipeline(redis_url, tmp_path / "a", worker=False, BRIDGE_ENCRYPTION_KEYS=old) as pipe:
+        accepted = await pipe.post("contact", body, sign(body))
+        delivery_id = accepted.json()["delivery_id"]
+    # A worker that was given only a new key cannot open it: a clear reason, not a crash.
+    async with pipeline(redis_url, tmp_path / "b", BRIDGE_ENCRYPTION_KEYS=new) as pipe:
+        await pipe.wait_status(delivery_id, "dead")
+        record = await deliveries.load(pipe.redis, delivery_id)
+        assert record is not None
+        assert record.reason is not None
+        assert f"sealed with key id {keyring(old).current_key_id}" in record.reason
+        assert old not in record.reason
+        assert new not in record.reason
+        assert await pipe.entries() == []
+    # After rotation (new first, old kept), the replay opens and delivers it.
+    async with pipeline(redis_url, tmp_path / "c", BRIDGE_ENCRYPTION_KEYS=f"{new},{old}") as pipe:
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        await pipe.wait_status(delivery_id, "delivered")
+        assert [e["data"]["email"] for e in await pipe.entries()] == [MARKERS["email"]]

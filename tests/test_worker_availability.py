@@ -1,0 +1,151 @@
+"""Availability: Redis going away under a running web app and worker (their own embedded Valkey,
+stopped and started again), and jobs that outlive their time or lose Redis midway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bridge.queue import arq_adapter, deliveries, keys
+from bridge.queue.embedded import EmbeddedValkey
+from tests.pipeline import pipeline, sign
+from tests.servers import until
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path / "valkey-data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_ingest_answers_503_while_redis_is_down_and_everything_carries_on(
+    own_valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    async with pipeline(own_valkey.url, tmp_path / "mappings") as pipe:
+        before = await pipe.send_signed({"data": {"email": "before@example.com", "first_name": "B"}})
+        await pipe.wait_status(before.json()["delivery_id"], "delivered")
+
+        own_valkey.stop()
+        raw = orjson.dumps({"data": {"email": "during@example.com", "first_name": "D"}})
+        headers = sign(raw, msg_id="msg_during_outage")
+        refused = await pipe.post("contact", raw, headers)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"].isdigit()
+        assert refused.json() == {
+            "status": "error",
+            "error": "queue unavailable, nothing was stored; retry later",
+        }
+        assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 503
+        unavailable = pipe.runtime.metrics.registry.get_sample_value(
+            "leadbridge_webhooks_total", {"mapping": "contact", "outcome": "unavailable"}
+        )
+        assert unavailable == 1
+
+        own_valkey.start()  # same data dir: the AOF brings everything back; no web or worker restart
+        assert not await pipe.redis.exists(keys.seen("contact", "msg_during_outage"))  # nothing half-written
+
+        async def accepted() -> str | None:
+            response = await pipe.post("contact", raw, headers)  # the provider's own retry
+            return str(response.json()["delivery_id"]) if response.status_code == 202 else None
+
+        delivery_id = await until(accepted, timeout_s=15, interval_s=0.1)
+        await pipe.wait_status(delivery_id, "delivered", timeout_s=20)
+        assert sorted(e["data"]["email"] for e in await pipe.entries()) == [
+            "before@example.com",
+            "during@example.com",
+        ]
+        assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+
+
+async def test_a_job_in_flight_when_redis_restarts_is_delivered_once(
+    own_valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    async with pipeline(own_valkey.url, tmp_path / "mappings") as pipe:
+        await pipe.set_faults(latency_ms=600)
+        response = await pipe.send_signed({"data": {"email": "inflight@example.com", "first_name": "I"}})
+        delivery_id = response.json()["delivery_id"]
+        registry = pipe.runtime.metrics.registry
+        await until(lambda: (registry.get_sample_value("leadbridge_worker_jobs_in_flight") or 0) >= 1)
+        own_valkey.kill()  # kill -9 while the upstream call is under way
+        own_valkey.start()
+        await pipe.set_faults()
+        await pipe.wait_status(delivery_id, "delivered", timeout_s=30)
+        assert len(await pipe.entries()) == 1
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_job_over_its_time_limit_is_retried_not_dropped(redis_url: str, tmp_path: Path) -> None:
+    async with pipeline(redis_url, tmp_path / "mappings", BRIDGE_JOB_TIMEOUT_S=0.5) as pipe:
+        await pipe.set_faults(latency_ms=900)  # every upstream call outlives the job's time
+        response = await pipe.send_signed({"data": {"email": "slow@example.com", "first_name": "S"}})
+        delivery_id = response.json()["delivery_id"]
+
+        async def timed_out() -> deliveries.DeliveryRecord | None:
+            record = await deliveries.load(pipe.redis, delivery_id)
+            return record if record is not None and record.history else None
+
+        record = await until(timed_out)
+        assert record.history[0].error == "the delivery took longer than BRIDGE_JOB_TIMEOUT_S (0.5 s)"
+        assert record.history[0].retryable
+        assert await pipe.redis.exists(arq_adapter.job_key(delivery_id))  # still queued
+        await pipe.set_faults()
+        await pipe.wait_status(delivery_id, "delivered")
+        assert len(await pipe.entries()) == 1
+
+
+async def test_an_unexpected_error_dead_letters_instead_of_losing_the_delivery(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with pipeline(redis_url, tmp_path / "mappings") as pipe:
+
+        class Boom:
+            def get(self, name: str) -> object:
+                raise ZeroDivisionError
+
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        real = deliverer.mappings
+        deliverer.mappings = Boom()
+        try:
+            response = await pipe.send_signed({"data": {"email": "bug@example.com", "first_name": "X"}})
+            delivery_id = response.json()["delivery_id"]
+            await pipe.wait_status(delivery_id, "dead")
+        finally:
+            deliverer.mappings = real
+        record = await deliveries.load(pipe.redis, delivery_id)
+        assert record is not None
+        assert record.reason == "internal error (ZeroDivisionError); see the worker log"
+        assert await deliveries.dlq_ids(pipe.redis) == [delivery_id]
+
+
+async def test_a_redis_error_while_claiming_a_job_gives_its_slot_back(tmp_path: Path) -> None:
+    async def deliver(ctx: dict[str, object], delivery_id: str) -> str:
+        return "delivered"
+
+    dead = Redis.from_url(f"unix://{tmp_path}/nothing-here.sock")
+    worker = arq_adapter.build_worker(
+        deliver=deliver,
+        redis_pool=arq_adapter.wrap_pool(dead),
+        on_startup=None,
+        ctx={},
+        max_jobs=2,
+        job_timeout_s=5,
+    )
+    try:
+        for _ in range(5):  # five Redis blips in a row
+            with pytest.raises(RedisError):
+                await worker.start_jobs([b"some-job"])
+        assert worker.job_counter == 0
+        for _ in range(3):  # max_jobs + 1 permits: every one of them is still there
+            await asyncio.wait_for(worker.sem.acquire(), timeout=1)
+    finally:
+        await dead.aclose()

@@ -1,0 +1,225 @@
+"""leadbridge as real processes: SIGTERM drains within the grace period, and a kill -9 of the whole
+process group (embedded Valkey included) loses no webhook that was answered 202."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from bridge.queue import arq_adapter
+from bridge.queue.embedded import EmbeddedValkey
+from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
+from tests.delivery_support import Service, env, free_port, sample, wait_ready
+from tests.pipeline import CONTACT_MAPPING, SECRET, sign
+from tests.servers import serve, until
+
+
+@dataclass
+class Setup:
+    sandbox: Any  # SandboxState of the upstream, served by this test
+    sandbox_url: str
+    http: httpx.AsyncClient
+    tmp: Path
+
+    def service(self, name: str, **settings: str | float) -> Service:
+        mappings = self.tmp / "mappings"
+        mappings.mkdir(exist_ok=True)
+        (mappings / "contact.yaml").write_text(CONTACT_MAPPING)
+        environ = env(
+            CONNECT_BASE_URL=self.sandbox_url,
+            CONNECT_API_KEY=DEMO_API_KEY,
+            CONTACT_SECRET=SECRET,
+            BRIDGE_MAPPINGS=mappings,
+            BRIDGE_DATA_DIR=self.tmp / "data",
+            BRIDGE_HOST="127.0.0.1",
+            BRIDGE_RETRY_BASE_S=0.05,
+            BRIDGE_RETRY_MAX_DELAY_S=0.3,
+            BRIDGE_JOB_LEASE_S=2,
+            BRIDGE_LOG_LEVEL="warning",
+            **settings,
+        )
+        return Service(["run"], environ, self.tmp / f"{name}.log")
+
+    def set_faults(self, **faults: Any) -> None:
+        from bridge.sandbox import FaultConfig
+
+        self.sandbox.faults = FaultConfig(**faults)
+
+    def entries_by_email(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.sandbox.entries.values():
+            email = entry["data"]["email"]
+            counts[email] = counts.get(email, 0) + 1
+        return counts
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    app = create_sandbox_app(DEMO_API_KEY)
+    async with AsyncExitStack() as stack:
+        sandbox_url = await stack.enter_async_context(serve(app))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+        yield Setup(app.state.sandbox, sandbox_url, http, tmp_path)
+
+
+async def send(http: httpx.AsyncClient, base: str, email: str) -> httpx.Response:
+    raw = orjson.dumps({"data": {"email": email, "first_name": "K"}})
+    return await http.post(f"{base}/hooks/contact", content=raw, headers=sign(raw))
+
+
+async def metrics(http: httpx.AsyncClient, base: str) -> str:
+    return (await http.get(f"{base}/metrics")).text
+
+
+def inspect_queue(data_dir: Path) -> tuple[int, dict[str, str]]:
+    """(queue depth, status by delivery id), read from the service's stopped embedded store."""
+    import redis
+
+    with EmbeddedValkey(data_dir) as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            depth = int(client.zcard(arq_adapter.QUEUE_KEY))
+            statuses = {}
+            for key in client.scan_iter("lb:d:*"):
+                status = client.hget(key, "status")
+                statuses[key.decode()[5:]] = status.decode() if status else "?"
+        finally:
+            client.close()
+    return depth, statuses
+
+
+async def test_sigterm_lets_the_running_job_finish_within_the_grace_period(setup: Setup) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    service = setup.service("run", BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=6).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", service)
+        setup.set_faults(latency_ms=1500)  # a slow upstream: the job is mid-call at SIGTERM
+        assert (await send(setup.http, base, "slow@example.com")).status_code == 202
+
+        async def in_flight() -> bool:
+            return sample(await metrics(setup.http, base), "leadbridge_worker_jobs_in_flight") == 1
+
+        await until(in_flight, timeout_s=10)
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code = await asyncio.to_thread(service.wait, 15)
+        took = time.monotonic() - started
+    finally:
+        service.stop()
+    assert code == 0, service.log_text()[-2000:]
+    assert took < 6, f"shutdown took {took:.1f} s"
+    assert setup.entries_by_email() == {"slow@example.com": 1}  # finished, not cut short
+    depth, statuses = inspect_queue(setup.tmp / "data")
+    assert depth == 0
+    assert list(statuses.values()) == ["delivered"]
+
+
+async def test_sigterm_past_the_grace_period_leaves_the_job_to_run_again(setup: Setup) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    service = setup.service("first", BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=1).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", service)
+        setup.set_faults(latency_ms=4000)
+        assert (await send(setup.http, base, "cut@example.com")).status_code == 202
+
+        async def in_flight() -> bool:
+            return sample(await metrics(setup.http, base), "leadbridge_worker_jobs_in_flight") == 1
+
+        await until(in_flight, timeout_s=10)
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code = await asyncio.to_thread(service.wait, 15)
+        took = time.monotonic() - started
+    finally:
+        service.stop()
+    assert code == 0, service.log_text()[-2000:]
+    assert took < 4, f"shutdown took {took:.1f} s"
+    depth, statuses = inspect_queue(setup.tmp / "data")
+    assert depth == 1  # still queued: nothing lost
+    assert list(statuses.values()) != ["delivered"]
+
+    setup.set_faults()
+    again = setup.service("second", BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=1).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again)
+
+        async def delivered() -> bool:
+            # The cut-short call may still land at the upstream: same idempotency key, one entry.
+            return (
+                setup.entries_by_email() == {"cut@example.com": 1}
+                and sample(await metrics(setup.http, base), "leadbridge_queue_depth") == 0
+            )
+
+        await until(delivered, timeout_s=20)
+    finally:
+        again.stop()
+    await until(lambda: setup.entries_by_email() == {"cut@example.com": 1}, timeout_s=6)
+
+
+async def test_kill_9_of_everything_loses_no_accepted_webhook(setup: Setup) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    setup.set_faults(latency_ms=40)  # the queue builds up: plenty is in flight at the kill
+    service = setup.service("first", BRIDGE_PORT=port, BRIDGE_WORKER_CONCURRENCY=8).start()
+    await wait_ready(setup.http, f"{base}/readyz", service)
+    accepted: set[str] = set()
+    answered = asyncio.Event()
+    gate = asyncio.Semaphore(24)
+
+    async def one(n: int) -> None:
+        email = f"k{n}@example.com"
+        async with gate:
+            try:
+                response = await send(setup.http, base, email)
+            except httpx.HTTPError:
+                return  # no answer: the provider would retry; not ours to count
+        if response.status_code == 202:
+            accepted.add(email)
+            if len(accepted) >= 60:
+                answered.set()
+
+    senders = [asyncio.create_task(one(n)) for n in range(200)]
+    await asyncio.wait_for(answered.wait(), timeout=30)
+    state = json.loads((setup.tmp / "data" / "valkey" / "server.json").read_text())
+    service.kill_group(signal.SIGKILL)  # leadbridge ...
+    os.kill(int(state["pid"]), signal.SIGKILL)  # ... and the Valkey server, at once
+    await asyncio.gather(*senders)
+    service.wait(10)
+    assert len(accepted) >= 60
+    delivered_before = len(setup.entries_by_email())
+    assert delivered_before < len(accepted), "the kill came too late to prove anything"
+
+    again = setup.service("second", BRIDGE_PORT=port).start()  # not blocked by the stale server
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
+
+        def all_delivered() -> bool:
+            return accepted <= set(setup.entries_by_email())
+
+        await until(all_delivered, timeout_s=60, interval_s=0.1)
+
+        async def drained() -> bool:
+            return sample(await metrics(setup.http, base), "leadbridge_queue_depth") == 0
+
+        await until(drained, timeout_s=30)
+    finally:
+        again.stop()
+    counts = setup.entries_by_email()
+    assert max(counts.values()) == 1  # nothing created twice
+    assert accepted <= set(counts)
+    added = [e for e in setup.sandbox.events if e["type"] == "table.entry.added"]
+    assert len(added) == len(counts)
