@@ -99,6 +99,7 @@ class CompiledMapping:
         self.table = spec.table
         self.action = spec.action
         self.link = spec.link or spec.name
+        self.rate_limit_per_s = spec.rate_limit.per_s if spec.rate_limit else None
         self.source_path = source_path
         # values of the ${VAR}s this file used: only for redacting them from dry-run output
         self.env_values: Mapping[str, str] = dict(env_values or {})

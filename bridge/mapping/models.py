@@ -250,6 +250,14 @@ class EnrichSpec(BaseModel):
         return url
 
 
+class RateLimitSpec(BaseModel):
+    """At most `per_s` accepted deliveries per second for this mapping, across all replicas."""
+
+    model_config = _strict("rate_limit")
+
+    per_s: int = Field(gt=0, description="accepted deliveries per second; more get 429 with Retry-After")
+
+
 class LeadSpec(BaseModel):
     """What the lead gets: its state, `data`, custom fields and the optional top-level fields."""
 
@@ -285,13 +293,24 @@ class MappingFile(BaseModel):
         default=None, description="timestamp: an older event for a key never overwrites a newer one"
     )
     enrich: EnrichSpec | None = None
+    rate_limit: RateLimitSpec | None = Field(
+        default=None, description="optional bound on accepted deliveries"
+    )
     lead: LeadSpec = Field(default_factory=LeadSpec)
 
 
 def known_keys() -> set[str]:
     """Every key the format knows (for 'did you mean' hints)."""
     keys: set[str] = set()
-    for model in (MappingFile, LeadSpec, EnrichSpec, ValueObject, PhoneOptions, DatetimeOptions):
+    for model in (
+        MappingFile,
+        LeadSpec,
+        EnrichSpec,
+        RateLimitSpec,
+        ValueObject,
+        PhoneOptions,
+        DatetimeOptions,
+    ):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys
