@@ -53,6 +53,7 @@ def test_stale_record_of_a_dead_owner_is_replaced(tmp_path: Path) -> None:
     state_file.write_text(json.dumps(state))
     with EmbeddedValkey(tmp_path) as fresh:
         assert fresh.owned
-        assert fresh.process is not None and fresh.process.pid != state["pid"]
+        assert fresh.process is not None
+        assert fresh.process.pid != state["pid"]
     assert not os.path.exists(state_file)
 
