@@ -96,19 +96,25 @@ async def test_two_webs_and_two_workers_share_the_work(redis_url: str, tmp_path:
                 return len(entries) == count
 
             await until(all_delivered, timeout_s=60, interval_s=0.1)
-            created = []
-            for port in probe_ports:
-                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-                created.append(
-                    _sample(
-                        text,
-                        "leadbridge_commands_total",
-                        mapping="contact",
-                        action="upsert",
-                        outcome="created",
+            created: list[float] = []
+
+            async def all_counted() -> bool:
+                # The sandbox has the entries a moment before each worker counts its command.
+                created.clear()
+                for port in probe_ports:
+                    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                    created.append(
+                        _sample(
+                            text,
+                            "leadbridge_commands_total",
+                            mapping="contact",
+                            action="upsert",
+                            outcome="created",
+                        )
                     )
-                )
-            assert sum(created) == count
+                return sum(created) == count
+
+            await until(all_counted, timeout_s=10, interval_s=0.05)
             assert all(n > 0 for n in created), created
             accepted = []
             for port in web_ports:
