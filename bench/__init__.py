@@ -1,0 +1,1 @@
+"""leadbridge's benchmark: `python bench/run.py [--quick]` (see docs/performance.md)."""
