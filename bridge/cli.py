@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bridge.errors import ConfigError, MappingValidationError
 from bridge.settings import Settings, load_settings
@@ -117,6 +118,16 @@ def queue_url(settings: Settings) -> Iterator[str]:
         yield server.url
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process on uvloop where it is installed (uvicorn[standard] brings it)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is not available on every platform
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -196,7 +207,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
         default_port = settings.port + 10 if settings.port else 0
         sandbox_port = args.sandbox_port if args.sandbox_port is not None else default_port
     with queue_url(settings) as url:
-        asyncio.run(
+        run_event_loop(
             run_all(
                 settings,
                 redis_url=url,

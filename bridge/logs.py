@@ -68,6 +68,8 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def configure(fmt: str, level: str = "info") -> None:
+    # We never log the caller's file and line: skip the stack walk on every record.
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()

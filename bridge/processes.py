@@ -72,7 +72,9 @@ def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket up front, so the real port is known before serving (port 0)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets created with it, and
+    # without it every response waits ~40 ms for Nagle + delayed ACK (measured: docs/performance.md).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

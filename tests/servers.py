@@ -19,7 +19,7 @@ T = TypeVar("T")
 @asynccontextmanager
 async def serve(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Run `app` on a free loopback port in this event loop; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]

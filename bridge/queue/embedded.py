@@ -127,6 +127,8 @@ class EmbeddedValkey:
                     "logfile valkey.log",
                     "loglevel warning",
                     "maxmemory-policy noeviction",
+                    # A delivery hash holds a ~1.5 KB body: keep it in the compact listpack encoding.
+                    "hash-max-listpack-value 8192",
                     "",
                 ]
             )
