@@ -42,7 +42,13 @@ async def test_metrics_count_every_outcome(pipe: Pipeline) -> None:
         f"{pipe.url}/hooks/contact", content=b"x" * (pipe.runtime.settings.max_body_bytes + 1)
     )  # too_large
     await pipe.wait_status(first.json()["delivery_id"], "delivered")
-    text = (await pipe.http.get(f"{pipe.url}/metrics")).text
+
+    async def drained() -> str | None:
+        # The job leaves the queue a moment after its delivery is marked delivered.
+        text = (await pipe.http.get(f"{pipe.url}/metrics")).text
+        return text if "leadbridge_queue_depth 0.0" in text else None
+
+    text = await until(drained)
     for outcome in ("accepted", "duplicate", "unauthorized", "invalid", "too_large"):
         assert _sample(text, "leadbridge_webhooks_total", mapping="contact", outcome=outcome) == 1, outcome
     assert (
