@@ -73,7 +73,7 @@ async def test_a_trickled_body_is_cut_off_within_the_read_timeout(redis_url: str
             writer.close()
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:80]
         assert b"connection: close" in answer.lower() or answer == b""
-        assert 0.9 <= elapsed < 2.5, elapsed  # cut off at ~1 s, and the connection closed
+        assert 0.9 <= elapsed < 4.5, elapsed  # cut off at ~1 s (slack for a loaded machine), then closed
         assert await pipe.redis.zcard("arq:queue") == 0
 
 
