@@ -77,7 +77,7 @@ async def test_a_silent_or_trickling_client_is_cut_off_at_the_header_timeout(
     ):
         started = time.monotonic()
         assert await _exchange(host, port, b"") == b""  # sent nothing: closed
-        assert 0.9 <= time.monotonic() - started < 2.5
+        assert 0.9 <= time.monotonic() - started < 4.5
 
         reader, writer = await asyncio.open_connection(host, port)
         head = _request(extra_headers=50)
@@ -100,7 +100,7 @@ async def test_a_silent_or_trickling_client_is_cut_off_at_the_header_timeout(
                 await sender
             writer.close()
         assert answer == b""
-        assert 0.9 <= time.monotonic() - started < 2.5
+        assert 0.9 <= time.monotonic() - started < 4.5
 
         # A prompt client on a kept-alive connection is not affected by the deadline.
         reader, writer = await asyncio.open_connection(host, port)

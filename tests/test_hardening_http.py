@@ -141,7 +141,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(
             await _read_until_closed(reader, timeout_s=5)  # the rest of the answer, then EOF
             elapsed = time.monotonic() - started
             writer.close()
-            assert 0.5 <= elapsed < 3, elapsed
+            assert 0.5 <= elapsed < 4.5, elapsed
 
 
 # -- deep JSON ---------------------------------------------------------------------------------------
