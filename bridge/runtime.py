@@ -39,6 +39,7 @@ log = logging.getLogger("bridge.runtime")
 
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TTL_S = 15
+CLOSE_TIMEOUT_S = 10.0
 
 
 def make_redis(url: str, max_connections: int = 256) -> Redis:
@@ -160,16 +161,26 @@ class Runtime:
         """Stop taking jobs; let running ones finish within the grace period (else they rerun)."""
         if self._worker is None:
             return
-        await arq_adapter.drain(self._worker, self.settings.shutdown_grace_s if grace_s is None else grace_s)
-        self._worker = None
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        worker, self._worker = self._worker, None
+        try:
+            # drain() bounds each of its waits; this outer bound makes shutdown finite whatever
+            # a job or the arq loop does (a job cut short stays queued and runs again).
+            await asyncio.wait_for(arq_adapter.drain(worker, grace), timeout=grace + CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("worker did not drain in time; its running jobs will run again")
 
     async def close(self) -> None:
         await self.stop_worker()
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+            if pending:
+                log.warning("%d background task(s) did not stop in time", len(pending))
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: nothing to report at shutdown
         self._tasks.clear()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(keys.HEARTBEAT + self.worker_id)
