@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from typing import Any
 
@@ -28,23 +27,7 @@ KNOWN = ("nodelay", "uvloop", "aiohttp", "sniffio")
 
 
 def _nodelay() -> None:
-    from bridge import processes
-    from bridge.errors import ConfigError
-
-    def bind(host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        return sock
-
-    processes.bind = bind
+    """Landed: `bridge.processes.bind` creates its sockets with IPPROTO_TCP (TCP_NODELAY)."""
 
 
 def _uvloop() -> None:
