@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,7 +40,7 @@ from bridge.queue.arq_adapter import Retry
 from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
-from bridge.queue.ordering import Ordering, pending_key
+from bridge.queue.ordering import Ordering, Step
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
 
@@ -92,7 +92,7 @@ class Deliverer:
 
     async def deliver(self, ctx: dict[str, Any], delivery_id: str) -> str:
         try:
-            record = await self._load(delivery_id)
+            record, done = await deliveries.load_for_work(self.redis, delivery_id, self.keyring)
             if record is None:
                 log.warning("delivery expired before it was processed", extra={"delivery_id": delivery_id})
                 return "expired"
@@ -105,7 +105,7 @@ class Deliverer:
         self.metrics.jobs_in_flight.inc()
         started = time.perf_counter()
         try:
-            return await self._deliver_within_time(record)
+            return await self._deliver_within_time(record, done)
         finally:
             self.metrics.jobs_in_flight.dec()
             log.debug(
@@ -116,14 +116,11 @@ class Deliverer:
                 },
             )
 
-    async def _load(self, delivery_id: str) -> DeliveryRecord | None:
-        return await deliveries.load(self.redis, delivery_id, keyring=self.keyring)
-
-    async def _deliver_within_time(self, record: DeliveryRecord) -> str:
+    async def _deliver_within_time(self, record: DeliveryRecord, done: dict[str, str]) -> str:
         budget = asyncio.timeout(self.settings.job_timeout_s)
         try:
             async with budget:
-                return await self._deliver(record)
+                return await self._deliver(record, done)
         except Retry:
             raise
         except TimeoutError:
@@ -153,7 +150,7 @@ class Deliverer:
         )
         return Retry(defer=self.rng.uniform(*QUEUE_DOWN_DEFER_S))
 
-    async def _deliver(self, record: DeliveryRecord) -> str:
+    async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
         mapping = self.mappings.get(record.mapping)
         if mapping is None:
             return await self._dead(record, f"no mapping named {record.mapping!r} is loaded", None)
@@ -172,14 +169,16 @@ class Deliverer:
                 raise
             if plan.ignored:
                 self.metrics.webhooks.labels(mapping=record.mapping, outcome="ignored").inc()
-                await deliveries.set_status(self.redis, record.id, "ignored")
-                await self.ordering.forget(record.id, record.mapping)
+                await deliveries.finish(self.redis, record, "ignored")
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
-            done = await self._done(record.id)
             owed = [c for c in plan.commands if str(c.index) not in done]
-            await self.ordering.register(
-                record.id, record.mapping, record.seq, ((c.link, c.key) for c in owed if c.key is not None)
+            record.registered = await self.ordering.register(
+                record.id,
+                record.mapping,
+                record.seq,
+                ((c.link, c.key) for c in owed if c.key is not None),
+                previous=record.registered,
             )
             last_index = {(c.link, c.key): c.index for c in owed if c.key is not None}
             for command in owed:
@@ -199,8 +198,7 @@ class Deliverer:
             return await self._failed(record, exc, command)
         except DeliveryError as exc:
             return await self._failed(record, exc, command)
-        await deliveries.set_status(self.redis, record.id, "delivered")
-        await self.ordering.forget(record.id, record.mapping)
+        await deliveries.finish(self.redis, record, "delivered")
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
         return "delivered"
 
@@ -283,45 +281,34 @@ class Deliverer:
 
     # -- one command, exactly once -------------------------------------------------------------
 
-    async def _done(self, delivery_id: str) -> dict[str, str]:
-        raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(keys.done(delivery_id)))
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
     async def _apply_once(self, record: DeliveryRecord, command: LeadCommand, last_for_key: bool) -> None:
         if command.key is None:
-            outcome, entry_id = await self._apply(record, command)
-            await self._record_done(record, command, outcome, entry_id, release=False)
+            outcome, entry_id = await self._apply(record, command, None, None)
+            await self._record_done(record, command, entry_id or outcome)
             self._count(record, command, outcome)
             return
-        group = self._link_group(record, command.link)
-        await self.ordering.wait_turn(record.id, record.seq, command.link, command.key, group)
-        async with self.ordering.lock(command.link, command.key):
-            if await cast(Awaitable[bool], self.redis.hexists(keys.done(record.id), str(command.index))):
-                # Another run of this same job (its lease ran out while it was stalled) did it.
+        step = Step(record.id, record.seq, command.link, command.key, command.index)
+        async with self.ordering.turn(step, self._link_group(record, command.link)) as turn:
+            if turn.done:
+                # An earlier run of this same job applied it (a crash, or a lease that ran out).
                 if last_for_key:
                     await self.ordering.release(record.id, command.link, command.key)
                 return
-            outcome, entry_id = await self._apply(record, command)
-            await self._record_done(record, command, outcome, entry_id, release=last_for_key)
+            outcome, entry_id = await self._apply(record, command, turn.last_order, turn.entry_id)
+            await self.ordering.end(
+                turn,
+                entry_id or outcome,
+                leave_pending=last_for_key,
+                link_to=entry_id if outcome == "created" else None,
+                order=command.order if command.order is not None and outcome != "stale" else None,
+            )
         self._count(record, command, outcome)
 
-    async def _record_done(
-        self,
-        record: DeliveryRecord,
-        command: LeadCommand,
-        outcome: str,
-        entry_id: str | None,
-        *,
-        release: bool,
-    ) -> None:
+    async def _record_done(self, record: DeliveryRecord, command: LeadCommand, result: str) -> None:
         done_key = keys.done(record.id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(done_key, str(command.index), entry_id or outcome)
+            pipe.hset(done_key, str(command.index), result)
             pipe.expire(done_key, self.settings.retention_s)
-            if command.order is not None and command.key is not None and outcome != "stale":
-                pipe.set(keys.record(keys.ORDER, command.link, command.key), command.order)
-            if release and command.key is not None:
-                pipe.zrem(pending_key(command.link, command.key), record.id)
             await pipe.execute()
 
     def _count(self, record: DeliveryRecord, command: LeadCommand, outcome: str) -> None:
@@ -336,24 +323,19 @@ class Deliverer:
             },
         )
 
-    async def _apply(self, record: DeliveryRecord, command: LeadCommand) -> tuple[str, str | None]:
-        if command.order is not None and command.key is not None:
-            last = await self.redis.get(keys.record(keys.ORDER, command.link, command.key))
-            if last is not None and _older(command.order, last.decode()):
-                return "stale", None
-        link_key = keys.record(keys.LINK, command.link, command.key) if command.key is not None else None
-        entry_id: str | None = None
-        if link_key is not None and command.action != "create":
-            raw = await self.redis.get(link_key)
-            entry_id = raw.decode() if raw else None
+    async def _apply(
+        self, record: DeliveryRecord, command: LeadCommand, last_order: str | None, linked: str | None
+    ) -> tuple[str, str | None]:
+        """Create or patch; `last_order` and `linked` (the record's entry id) are what the turn
+        read for a keyed command, both None for an unkeyed one (always a create)."""
+        if command.order is not None and last_order is not None and _older(command.order, last_order):
+            return "stale", None
+        entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
         idem = idempotency_key(record.mapping, record.event_id, command.index, "")
         if entry_id is None:
-            entry_id = await self._create(command, idem)
-            if link_key is not None:
-                await self.redis.set(link_key, entry_id)
-            return "created", entry_id
+            return "created", await self._create(command, idem)
         if await self._patch(command, entry_id, idem + "p"):
             return "patched", entry_id
         return "skipped", entry_id

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.queue import arq_adapter, keys
 from bridge.queue.ingest import Accepter, Incoming
-from bridge.queue.ordering import Ordering, OrderWait, pending_key, unplanned_key
+from bridge.queue.ordering import Ordering, OrderWait, Step, pending_key, unplanned_key
 from bridge.runtime import Runtime
 from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID
 from tests import pipeline as pipelines
@@ -105,6 +105,11 @@ async def _queued(redis: Redis, delivery_id: str) -> None:
     await redis.zadd(arq_adapter.QUEUE_KEY, {delivery_id: time.time() * 1000})
 
 
+async def _take_turn(ordering: Ordering, delivery_id: str, seq: int, key: str = "k") -> None:
+    async with ordering.turn(Step(delivery_id, seq, "link", key, 0), {"m"}) as held:
+        assert not held.done
+
+
 async def test_a_later_delivery_waits_for_an_earlier_one_to_be_planned_then_applied(
     redis_client: Redis,
 ) -> None:
@@ -115,16 +120,16 @@ async def test_a_later_delivery_waits_for_an_earlier_one_to_be_planned_then_appl
     # b was picked up first: planned and in line for the record, but a (earlier) is not planned.
     await ordering.register("b", "m", 2, [("link", "k")])
     with pytest.raises(OrderWait):
-        await ordering.wait_turn("b", 2, "link", "k", {"m"})
+        await _take_turn(ordering, "b", 2)
     await ordering.register("a", "m", 1, [("link", "k")])
-    await ordering.wait_turn("a", 1, "link", "k", {"m"})  # a goes first...
+    await _take_turn(ordering, "a", 1)  # a goes first...
     with pytest.raises(OrderWait):
-        await ordering.wait_turn("b", 2, "link", "k", {"m"})  # ...while b waits for it
+        await _take_turn(ordering, "b", 2)  # ...while b waits for it
     await ordering.release("a", "link", "k")
-    await ordering.wait_turn("b", 2, "link", "k", {"m"})
+    await _take_turn(ordering, "b", 2)
     # Another record is never held up by this one.
     await ordering.register("c", "m", 3, [("link", "other")])
-    await ordering.wait_turn("c", 3, "link", "other", {"m"})
+    await _take_turn(ordering, "c", 3, "other")
 
 
 async def test_a_blocker_whose_job_is_gone_is_dropped(redis_client: Redis) -> None:
@@ -133,7 +138,7 @@ async def test_a_blocker_whose_job_is_gone_is_dropped(redis_client: Redis) -> No
     await _queued(redis_client, "b")
     await ordering.register("b", "m", 2, [("link", "k")])
     await redis_client.zadd(pending_key("link", "k"), {"crashed": 0})
-    await ordering.wait_turn("b", 2, "link", "k", {"m"})
+    await _take_turn(ordering, "b", 2)
     assert await redis_client.zcard(unplanned_key("m")) == 0
     assert await redis_client.zrange(pending_key("link", "k"), 0, -1) == [b"b"]
 
@@ -142,7 +147,8 @@ async def test_forget_and_a_new_plan_leave_the_sets(redis_client: Redis) -> None
     ordering = Ordering(redis_client, retention_s=60, lease_s=5)
     await redis_client.hset(keys.delivery("d"), "mapping", "m")
     await ordering.register("d", "m", 1, [("l", "k1"), ("l", "k2")])
-    await ordering.register("d", "m", 1, [("l", "k2")])  # the mapping changed between runs
+    joined = await ordering.register("d", "m", 1, [("l", "k2")])  # the mapping changed between runs
+    assert joined == [pending_key("l", "k2")]
     assert await redis_client.zcard(pending_key("l", "k1")) == 0
     assert await redis_client.zcard(pending_key("l", "k2")) == 1
     await ordering.forget("d", "m")
@@ -153,9 +159,9 @@ async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Re
     first = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
     second = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
     name = keys.record(keys.LOCK, "l", "k")
-    async with first.lock("l", "k"):
+    async with first.turn(Step("d1", 1, "l", "k", 0), ()):
         with pytest.raises(OrderWait) as held:
-            async with second.lock("l", "k"):
+            async with second.turn(Step("d2", 2, "l", "k", 0), ()):
                 pass
         assert 0 < held.value.defer_s <= 1.0
 
@@ -165,6 +171,28 @@ async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Re
         started = time.monotonic()
         await until(renewed_past_its_lease, timeout_s=5)
     assert not await redis_client.exists(name)
+
+
+async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client: Redis) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    await _queued(redis_client, "d")
+    await ordering.register("d", "m", 1, [("l", "k")])
+    step = Step("d", 1, "l", "k", 3)
+    async with ordering.turn(step, {"m"}) as held:
+        assert (held.done, held.entry_id, held.last_order) == (False, None, None)
+        await ordering.end(held, "entry-1", leave_pending=True, link_to="entry-1", order="7")
+    assert await redis_client.hget(keys.done("d"), "3") == b"entry-1"
+    assert await redis_client.get(step.linked) == b"entry-1"
+    assert await redis_client.get(step.order) == b"7"
+    assert await redis_client.zcard(pending_key("l", "k")) == 0
+    assert not await redis_client.exists(step.lock)
+    # A rerun of the same job finds the step done, without taking the lock.
+    async with ordering.turn(step, {"m"}) as again:
+        assert again.done
+        assert not await redis_client.exists(step.lock)
+    # The next command for the record reads what the first one left.
+    async with ordering.turn(Step("e", 2, "l", "k", 0), {"m"}) as later:
+        assert (later.entry_id, later.last_order) == ("entry-1", "7")
 
 
 # -- whole pipelines ------------------------------------------------------------------------------

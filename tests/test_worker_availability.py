@@ -4,6 +4,7 @@ stopped and started again), and jobs that outlive their time or lose Redis midwa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,51 @@ async def test_a_redis_error_while_claiming_a_job_gives_its_slot_back(tmp_path: 
             await asyncio.wait_for(worker.sem.acquire(), timeout=1)
     finally:
         await dead.aclose()
+
+
+async def test_jobs_are_claimed_in_batches_up_to_the_free_slots(redis_client: Redis) -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def deliver(ctx: dict[str, object], delivery_id: str) -> str:
+        ran.append(delivery_id)
+        await release.wait()
+        return "delivered"
+
+    now_ms = int(time.time() * 1000)
+    ids = [f"batch-{i}" for i in range(6)]
+    await redis_client.zadd(arq_adapter.QUEUE_KEY, {i: now_ms - 1000 for i in ids})
+    await redis_client.zadd(arq_adapter.QUEUE_KEY, {"batch-later": now_ms + 60_000})  # not due
+    for job_id in [*ids, "batch-later"]:
+        await redis_client.set(arq_adapter.job_key(job_id), arq_adapter.job_record(job_id, now_ms))
+    await redis_client.set(arq_adapter.in_progress_key("batch-0"), b"1")  # runs elsewhere
+    worker = arq_adapter.build_worker(
+        deliver=deliver,
+        redis_pool=arq_adapter.wrap_pool(redis_client),
+        on_startup=None,
+        ctx={},
+        max_jobs=3,
+        job_timeout_s=5,
+        job_lease_s=7,
+    )
+    try:
+        candidates = [i.encode() for i in [*ids, "batch-later"]]
+        await asyncio.wait_for(worker.start_jobs(candidates), timeout=5)  # full: back to polling
+        await until(lambda: len(ran) == 3, timeout_s=5)
+        assert sorted(ran) == ["batch-1", "batch-2", "batch-3"]  # not the running one, 3 slots
+        assert worker.job_counter == 3
+        ttl = await redis_client.pttl(arq_adapter.in_progress_key("batch-1"))
+        assert 5_000 < ttl <= 7_000  # the claim is a lease of job_lease_s
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), timeout=5)
+        await asyncio.wait_for(worker.start_jobs(candidates), timeout=5)  # the next poll
+        await until(lambda: len(ran) == 5, timeout_s=5)
+        assert sorted(ran[3:]) == ["batch-4", "batch-5"]  # the job that is not due never ran
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), timeout=5)
+        assert worker.job_counter == 0
+    finally:
+        release.set()
+        for task in worker.tasks.values():
+            task.cancel()
+        await redis_client.delete(*(arq_adapter.in_progress_key(i) for i in ids))
+        await redis_client.zrem(arq_adapter.QUEUE_KEY, *ids, "batch-later")

@@ -12,14 +12,16 @@ What we change in how arq runs (`build_worker`, `run`):
   and turns it into a retry), because arq drops a job that times out;
 - `run` restarts arq's poll loop when Redis goes away (arq's loop ends on the first error), so a
   worker survives a Redis restart without a process restart;
-- claiming a job gives its slot back when Redis fails midway (arq's `start_jobs` leaks it, and
-  after enough Redis blips a worker would run nothing).
+- jobs are claimed in batches, one script per batch (arq claims each job with a WATCH/MULTI, four
+  round trips), and a claim gives its slots back when Redis fails midway (arq's `start_jobs`
+  leaks them, and after enough Redis blips a worker would run nothing);
+- the poll loop polls again at once after a poll that started jobs (arq always sleeps
+  `poll_delay` between polls, which caps a busy worker).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +34,8 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
-from redis.exceptions import ResponseError, WatchError
+
+from bridge.aio import cancel_and_wait
 
 QUEUE_KEY = default_queue_name
 DELIVER_FUNCTION = "deliver"
@@ -83,45 +86,75 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+# Claim many jobs in one round trip: for each id, due and not running anywhere, set its
+# in-progress key (the lease). KEYS[1]: the queue. ARGV: in-progress key prefix, now ms, lease ms,
+# then the ids. Returns, per id, its score (claimed) or false (running, finished or not due).
+CLAIM_SCRIPT = """
+local out = {}
+for i = 4, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[2])
+     and redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[3]) then
+    out[i - 3] = score
+  else
+    out[i - 3] = false
+  end
+end
+return out
+"""
+
+
 class _Worker(Worker):
-    """arq's Worker with a job claim that cannot leak a concurrency slot."""
+    """arq's Worker with a batched job claim that cannot leak a concurrency slot."""
+
+    started_in_poll = 0
+    _claim_script: Any = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for raw_id in job_ids:
+        """Claim as many of `job_ids` as there are free slots, in one round trip per batch
+        (arq claims one job per WATCH/MULTI, four round trips each); wait for a slot when all
+        are busy, as arq does."""
+        waiting = [j for j in (raw.decode() for raw in job_ids) if not self._running_here(j)]
+        while waiting:
             await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
+            taken = 1
+            while taken < len(waiting) and not self.sem.locked():
+                await self.sem.acquire()
+                taken += 1
+            room = min(taken, self.max_jobs - self.job_counter)
+            for _ in range(taken - max(room, 0)):
                 self.sem.release()
+            if room <= 0:
                 return
-            self.job_counter += 1
-            job_id = raw_id.decode()
+            batch, waiting = waiting[:room], waiting[room:]
+            self.job_counter += room
             try:
-                score = await self._claim(job_id)
+                scores = await self._claim(batch)
             except BaseException:
-                self._release_sem_dec_counter_on_complete()
+                for _ in batch:
+                    self._release_sem_dec_counter_on_complete()
                 raise
-            if score is None:  # running elsewhere, finished, or re-deferred meanwhile
-                self._release_sem_dec_counter_on_complete()
-                continue
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            for job_id, score in zip(batch, scores, strict=True):
+                if score is None:  # running elsewhere, finished, or re-deferred meanwhile
+                    self._release_sem_dec_counter_on_complete()
+                    continue
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+                self.started_in_poll += 1
 
-    async def _claim(self, job_id: str) -> int | None:
-        """arq's claim: set the in-progress key unless the job runs elsewhere or is not due."""
-        key = in_progress_key(job_id)
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            running = await pipe.exists(key)
-            score = await pipe.zscore(self.queue_name, job_id)
-            if running or not score or score > timestamp_ms():
-                return None
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(key, int(self.in_progress_timeout_s * 1000), b"1")
-            try:
-                await pipe.execute()
-            except (ResponseError, WatchError):
-                return None
-        return int(score)
+    def _running_here(self, job_id: str) -> bool:
+        task = self.tasks.get(job_id)
+        return task is not None and not task.done()
+
+    async def _claim(self, job_ids: list[str]) -> list[int | None]:
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(CLAIM_SCRIPT)
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        raw = await self._claim_script(
+            keys=[self.queue_name], args=[in_progress_key_prefix, timestamp_ms(), lease_ms, *job_ids]
+        )
+        return [int(float(score)) if score else None for score in raw]
 
 
 def build_worker(
@@ -134,7 +167,7 @@ def build_worker(
     job_timeout_s: float,
     job_lease_s: float = 30.0,
     poll_delay_s: float = 0.05,
-) -> Worker:
+) -> _Worker:
     """An arq worker running `deliver(ctx, delivery_id)` with our serializer and no result keys.
 
     Retries are ours (the job raises `Retry(defer=...)`) and bounded by our own window, so arq's
@@ -162,7 +195,7 @@ def build_worker(
     return worker
 
 
-async def run(worker: Worker) -> None:
+async def run(worker: _Worker) -> None:
     """Run the worker until cancelled (`drain`): renew the claims of running jobs, and restart
     arq's poll loop whenever it stops on an error (Redis unreachable or restarted)."""
     renewal = asyncio.get_running_loop().create_task(_renew_claims(worker))
@@ -172,8 +205,7 @@ async def run(worker: Worker) -> None:
         while True:
             started = time.monotonic()
             try:
-                await worker.main()
-                return
+                await _poll(worker)
             except Exception as exc:  # arq's loop ends on any error; ours does not
                 if time.monotonic() - started > HEALTHY_RUN_S:
                     failures = 0
@@ -182,9 +214,18 @@ async def run(worker: Worker) -> None:
                 log.warning("worker loop stopped (%s); restarting in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
     finally:
-        renewal.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewal
+        await cancel_and_wait(renewal)
+
+
+async def _poll(worker: _Worker) -> None:
+    """arq's poll loop (`Worker.main` without its start-up logging), except that it polls again
+    at once after a poll that started jobs, and sleeps `poll_delay` only after an idle one."""
+    worker.ctx["redis"] = worker.pool
+    while True:
+        worker.started_in_poll = 0
+        await worker._poll_iteration()
+        if not worker.started_in_poll:
+            await asyncio.sleep(worker.poll_delay_s)
 
 
 async def _renew_claims(worker: Worker) -> None:

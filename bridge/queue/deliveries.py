@@ -63,6 +63,8 @@ class DeliveryRecord(BaseModel):
     body: bytes = Field(default=b"", exclude=True)
     # Why body/headers could not be opened (sealed, and no keyring or not the right key).
     payload_error: str | None = Field(default=None, exclude=True)
+    # The per-record ordering sets it joined (`bridge.queue.ordering`), as loaded.
+    registered: list[str] = Field(default_factory=list, exclude=True)
 
 
 def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
@@ -77,6 +79,24 @@ async def load(
     raw: dict[bytes, bytes] = await cast(
         Awaitable[dict[bytes, bytes]], redis.hgetall(keys.delivery(delivery_id))
     )
+    return _record(raw, delivery_id, keyring)
+
+
+async def load_for_work(
+    redis: Redis, delivery_id: str, keyring: crypto.Keyring | None
+) -> tuple[DeliveryRecord | None, dict[str, str]]:
+    """The worker's read, one round trip: the delivery, and the commands already applied
+    (command index -> result) by earlier runs."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.delivery(delivery_id))
+        pipe.hgetall(keys.done(delivery_id))
+        raw, done = await pipe.execute()
+    return _record(raw, delivery_id, keyring), {k.decode(): v.decode() for k, v in done.items()}
+
+
+def _record(
+    raw: dict[bytes, bytes], delivery_id: str, keyring: crypto.Keyring | None
+) -> DeliveryRecord | None:
     if not raw or b"mapping" not in raw:
         return None
     failed = raw.get(b"failed_command")
@@ -88,6 +108,7 @@ async def load(
             failed = _open(keyring, failed, crypto.aad(delivery_id, "failed_command"))
         except crypto.DecryptError:
             failed = None
+    registered = raw.get(ordering.REGISTERED.encode())
     return DeliveryRecord(
         id=delivery_id,
         mapping=_text(raw, "mapping"),
@@ -105,6 +126,7 @@ async def load(
         headers=headers,
         body=body,
         payload_error=payload_error,
+        registered=orjson.loads(registered) if registered else [],
     )
 
 
@@ -144,11 +166,24 @@ async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt,
 
 async def set_status(redis: Redis, delivery_id: str, status: Status) -> None:
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.delivery(delivery_id), "status", status)
-        if status == "delivered":
-            pipe.zrem(keys.DLQ, delivery_id)
-            pipe.hdel(keys.delivery(delivery_id), "reason", "failed_command", "dead_at")
+        _status(pipe, delivery_id, status)
         await pipe.execute()
+
+
+async def finish(redis: Redis, record: DeliveryRecord, status: Status) -> None:
+    """The delivery is finished (delivered, ignored): its status, and out of every ordering set
+    it is in (`record.registered`), in one MULTI."""
+    async with redis.pipeline(transaction=True) as pipe:
+        _status(pipe, record.id, status)
+        ordering.leave_all(pipe, record.id, record.mapping, record.registered)
+        await pipe.execute()
+
+
+def _status(pipe: Any, delivery_id: str, status: Status) -> None:
+    pipe.hset(keys.delivery(delivery_id), "status", status)
+    if status == "delivered":
+        pipe.zrem(keys.DLQ, delivery_id)
+        pipe.hdel(keys.delivery(delivery_id), "reason", "failed_command", "dead_at")
 
 
 async def dead_letter(

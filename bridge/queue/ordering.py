@@ -9,8 +9,9 @@ known once the worker has mapped the delivery, so order is kept in two steps:
                then ZREM unplanned:{mapping} id          one MULTI
     apply (K)  wait for the turn: no delivery of a mapping sharing K's link with a smaller seq is
                still unplanned, and none with a smaller seq is in pending(K); then take K's lease
-               lock, apply, record the command done
-    K done     ZREM pending(K) id                        with the "done" record, one MULTI
+               lock (one script, `Ordering.turn`, which also reads what the command needs), apply
+    K done     record the command done, link the entry, ZREM pending(K) id, release the lock:
+               one script (`Ordering.end`)
     finished   ZREM it from every set it is in (delivered, ignored, dead, purged)
 
 A later delivery therefore waits while an earlier one for the same record is retrying, and a
@@ -37,12 +38,14 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bridge.aio import cancel_and_wait
 from bridge.errors import OrderWait
 from bridge.queue import arq_adapter, keys
 
@@ -54,9 +57,13 @@ WAIT_IN_JOB_S = 1.0  # poll this long inside the job before putting it back
 MAX_DEFER_S = 30.0  # look again at least this often while blocked
 MIN_DEFER_S = 0.05
 
-# KEYS[1]: pending(K); KEYS[2..]: unplanned sets of the link's mappings.
-# ARGV: seq, arq job key prefix, arq queue key. Returns {blocker id, its due time ms or false} | false.
-BLOCKER_SCRIPT = """
+# The start of one keyed command, in one round trip. KEYS: pending(K), K's lock, the delivery's
+# done hash, K's order value, K's link (entry id), then the unplanned sets of the link's mappings.
+# ARGV: seq, arq job key prefix, arq queue key, lock token, lease ms, command index.
+# Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms or false},
+# {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false} (lock now held).
+BEGIN_SCRIPT = """
+if redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then return {0} end
 local bound = '(' .. ARGV[1]
 local function first(set)
   while true do
@@ -66,13 +73,31 @@ local function first(set)
     redis.call('ZREM', set, found)
   end
 end
-for i = 2, #KEYS do
+for i = 6, #KEYS do
   local found = first(KEYS[i])
-  if found then return {found, redis.call('ZSCORE', ARGV[3], found) or false} end
+  if found then return {1, found, redis.call('ZSCORE', ARGV[3], found) or false} end
 end
 local found = first(KEYS[1])
-if found then return {found, redis.call('ZSCORE', ARGV[3], found) or false} end
-return false
+if found then return {1, found, redis.call('ZSCORE', ARGV[3], found) or false} end
+if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
+  return {2, redis.call('PTTL', KEYS[2])}
+end
+return {3, redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or false}
+"""
+DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
+
+# The end of one keyed command, in one round trip: record it done, link the entry, remember the
+# order value, leave pending(K) if this delivery owes K nothing more, release the lock if ours.
+# KEYS: done hash, lock, pending(K), link, order. ARGV: index, done value, retention s, token,
+# leave pending ('1'/''), delivery id, entry id to link (or ''), order value (or '').
+END_SCRIPT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
+if ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return 1
 """
 
 RENEW_SCRIPT = """
@@ -94,6 +119,45 @@ def pending_key(link: str, key: str) -> str:
     return keys.record(PENDING, link, key)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One command of one delivery for one record (link, key): what the ordering needs to know."""
+
+    delivery_id: str
+    seq: int
+    link: str
+    key: str
+    index: int
+
+    @property
+    def lock(self) -> str:
+        return keys.record(keys.LOCK, self.link, self.key)
+
+    @property
+    def pending(self) -> str:
+        return pending_key(self.link, self.key)
+
+    @property
+    def linked(self) -> str:
+        return keys.record(keys.LINK, self.link, self.key)
+
+    @property
+    def order(self) -> str:
+        return keys.record(keys.ORDER, self.link, self.key)
+
+
+@dataclass
+class Turn:
+    """A step's turn: already done by an earlier run, or its lock held with what it needs to know."""
+
+    step: Step
+    token: str
+    done: bool = False
+    last_order: str | None = None
+    entry_id: str | None = None
+    ended: bool = False
+
+
 class Ordering:
     """The order bookkeeping of one worker process (state is in Redis)."""
 
@@ -111,21 +175,30 @@ class Ordering:
         self._lease_ms = int(lease_s * 1000)
         self._wait_s = wait_s
         self._rng = rng or random.Random()
-        self._blocker = redis.register_script(BLOCKER_SCRIPT)
+        self._begin = redis.register_script(BEGIN_SCRIPT)
+        self._end = redis.register_script(END_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
     async def register(
-        self, delivery_id: str, mapping: str, seq: int, records: Iterable[tuple[str, str]]
-    ) -> None:
+        self,
+        delivery_id: str,
+        mapping: str,
+        seq: int,
+        records: Iterable[tuple[str, str]],
+        previous: list[str] | None = None,
+    ) -> list[str]:
         """After planning: join pending(K) for every (link, key) it still owes a command, leave
-        the sets it joined on an earlier run that its new plan no longer has, leave unplanned."""
+        the sets it joined on an earlier run that its new plan no longer has, leave unplanned.
+        `previous` is the delivery's `pending_keys` as loaded (read here when not given); returns
+        the sets it is in now."""
         wanted = sorted({pending_key(link, key) for link, key in records})
         delivery = keys.delivery(delivery_id)
-        before = await cast(Awaitable[bytes | None], self._redis.hget(delivery, REGISTERED))
-        previous: list[str] = orjson.loads(before) if before else []
+        if previous is None:
+            before = await cast(Awaitable[bytes | None], self._redis.hget(delivery, REGISTERED))
+            previous = orjson.loads(before) if before else []
         async with self._redis.pipeline(transaction=True) as pipe:
             for name in wanted:
                 pipe.zadd(name, {delivery_id: seq})
@@ -136,6 +209,7 @@ class Ordering:
                 pipe.hset(delivery, REGISTERED, orjson.dumps(wanted).decode())
             pipe.zrem(unplanned_key(mapping), delivery_id)
             await pipe.execute()
+        return wanted
 
     async def leave_unplanned(self, delivery_id: str, mapping: str) -> None:
         """Planning failed and will be retried: stop holding up later deliveries meanwhile."""
@@ -149,60 +223,94 @@ class Ordering:
         """The delivery is finished (delivered, ignored, dead): leave every set."""
         await forget(self._redis, delivery_id, mapping)
 
-    # -- waiting for the turn --------------------------------------------------------------------
+    # -- a step's turn ---------------------------------------------------------------------------
 
-    async def wait_turn(
-        self, delivery_id: str, seq: int, link: str, key: str, mappings: Collection[str]
-    ) -> None:
-        """Return once no earlier delivery can still touch (link, key); else raise OrderWait."""
-        names = [pending_key(link, key), *(unplanned_key(m) for m in sorted(mappings))]
+    @contextlib.asynccontextmanager
+    async def turn(self, step: Step, mappings: Collection[str]) -> AsyncIterator[Turn]:
+        """Wait until no earlier delivery can still touch the step's record and take its lease
+        lock (renewed in the background) for the block; one round trip when nothing is in the
+        way. Yields a Turn with `done` set, and no lock, when an earlier run applied the step.
+        Raises OrderWait when the record stays busy for longer than the wait allowed in a job."""
+        names = [
+            step.pending,
+            step.lock,
+            keys.done(step.delivery_id),
+            step.order,
+            step.linked,
+            *(unplanned_key(m) for m in sorted(mappings)),
+        ]
+        token = uuid.uuid4().hex
+        args: list[str | int] = [
+            step.seq,
+            arq_adapter.job_key(""),
+            arq_adapter.QUEUE_KEY,
+            token,
+            self._lease_ms,
+            step.index,
+        ]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
         while True:
-            found = await self._blocker(
-                keys=names, args=[seq, arq_adapter.job_key(""), arq_adapter.QUEUE_KEY]
-            )
-            if not found:
+            found = await self._begin(keys=names, args=args)
+            kind = int(found[0])
+            if kind == DONE:
+                yield Turn(step, token, done=True)
                 return
-            due_ms = float(found[1]) if found[1] else None
-            until_due_s = (due_ms / 1000 - time.time()) if due_ms is not None else 0.0
+            if kind == GO:
+                break
             now = time.monotonic()
-            if now + max(until_due_s, 0.0) > deadline or now >= deadline:
-                # The blocker is not about to finish: come back around when it is due again.
-                defer = min(MAX_DEFER_S, max(MIN_DEFER_S, until_due_s + 0.1))
+            if kind == WAIT:
+                due_ms = float(found[2]) if found[2] else None
+                until_due_s = (due_ms / 1000 - time.time()) if due_ms is not None else 0.0
+                if now + max(until_due_s, 0.0) > deadline or now >= deadline:
+                    # The blocker is not about to finish: come back around when it is due again.
+                    defer = min(MAX_DEFER_S, max(MIN_DEFER_S, until_due_s + 0.1))
+                    raise OrderWait(
+                        "an earlier delivery for the same record goes first",
+                        defer_s=defer * self._rng.uniform(1.0, 1.25),
+                    )
+            elif now > deadline:
                 raise OrderWait(
-                    "an earlier delivery for the same record goes first",
-                    defer_s=defer * self._rng.uniform(1.0, 1.25),
+                    "another worker holds this record's lock",
+                    defer_s=min(MAX_DEFER_S, max(MIN_DEFER_S, int(found[1]) / 1000)),
                 )
             await asyncio.sleep(pause)  # polling another process's progress, not a test sync
             pause = min(pause * 2, 0.1)
-
-    # -- the lease lock ----------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lock(self, link: str, key: str) -> AsyncIterator[None]:
-        """Hold (link, key)'s lease lock, renewed in the background, for the block's duration."""
-        name = keys.record(keys.LOCK, link, key)
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self._wait_s
-        pause = 0.005
-        while not await self._redis.set(name, token, nx=True, px=self._lease_ms):
-            if time.monotonic() > deadline:
-                ttl_ms = await cast(Awaitable[int], self._redis.pttl(name))
-                raise OrderWait(
-                    "another worker holds this record's lock",
-                    defer_s=min(MAX_DEFER_S, max(MIN_DEFER_S, ttl_ms / 1000)),
-                )
-            await asyncio.sleep(pause)  # waiting on another process's lease, not a test sync
-            pause = min(pause * 2, 0.1)
-        renewal = asyncio.get_running_loop().create_task(self._keep(name, token))
+        held = Turn(step, token, last_order=_text(found[1]), entry_id=_text(found[2]))
+        renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
-            yield
+            yield held
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
-            await self._release(keys=[name], args=[token])
+            await cancel_and_wait(renewal)
+            if not held.ended:
+                await self._release(keys=[step.lock], args=[token])
+
+    async def end(
+        self,
+        held: Turn,
+        result: str,
+        *,
+        leave_pending: bool,
+        link_to: str | None = None,
+        order: str | None = None,
+    ) -> None:
+        """The step is applied: record `result` as done, link `link_to`, remember `order`, leave
+        pending(K) when the delivery owes K nothing more, and release the lock, all at once."""
+        step = held.step
+        await self._end(
+            keys=[keys.done(step.delivery_id), step.lock, step.pending, step.linked, step.order],
+            args=[
+                step.index,
+                result,
+                self._retention_s,
+                held.token,
+                "1" if leave_pending else "",
+                step.delivery_id,
+                link_to or "",
+                order or "",
+            ],
+        )
+        held.ended = True
 
     async def _keep(self, name: str, token: str) -> None:
         interval_s = self._lease_ms / 3000
@@ -212,15 +320,25 @@ class Ordering:
                 await self._renew(keys=[name], args=[token, self._lease_ms])
 
 
+def _text(value: object) -> str | None:
+    if value is None or value is False:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def leave_all(pipe: Any, delivery_id: str, mapping: str, joined: Iterable[str]) -> None:
+    """Queue on `pipe` what takes a finished delivery out of every ordering set it is in."""
+    joined = list(joined)
+    for name in joined:
+        pipe.zrem(name, delivery_id)
+    if joined:
+        pipe.hdel(keys.delivery(delivery_id), REGISTERED)
+    pipe.zrem(unplanned_key(mapping), delivery_id)
+
+
 async def forget(redis: Redis, delivery_id: str, mapping: str) -> None:
     """Remove a delivery from every ordering set it is in (finished, purged, expired)."""
-    delivery = keys.delivery(delivery_id)
-    raw = await cast(Awaitable[bytes | None], redis.hget(delivery, REGISTERED))
-    joined: list[str] = orjson.loads(raw) if raw else []
+    raw = await cast(Awaitable[bytes | None], redis.hget(keys.delivery(delivery_id), REGISTERED))
     async with redis.pipeline(transaction=True) as pipe:
-        for name in joined:
-            pipe.zrem(name, delivery_id)
-        if joined:
-            pipe.hdel(delivery, REGISTERED)
-        pipe.zrem(unplanned_key(mapping), delivery_id)
+        leave_all(pipe, delivery_id, mapping, orjson.loads(raw) if raw else [])
         await pipe.execute()
