@@ -127,6 +127,7 @@ class Runtime:
             timeout_s=self.settings.upstream_timeout_s,
             max_connections=self.settings.upstream_max_connections,
             transport=self._http_transport,
+            pool=self.settings.upstream_http,
         )
         breaker = CircuitBreaker(
             self.redis, CircuitConfig.from_settings(self.settings), on_change=self._circuit_changed

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=64, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
     upstream_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_UPSTREAM_TIMEOUT_S")
     upstream_max_connections: int = Field(default=100, ge=1, alias="BRIDGE_UPSTREAM_MAX_CONNECTIONS")
+    upstream_http: Literal["aiohttp", "httpx"] = Field(default="aiohttp", alias="BRIDGE_UPSTREAM_HTTP")
     table_cache_ttl_s: float = Field(default=300.0, ge=0, alias="BRIDGE_TABLE_CACHE_TTL_S")
     redis_wait_replicas: int = Field(default=0, ge=0, alias="BRIDGE_REDIS_WAIT_REPLICAS")
     redis_wait_timeout_ms: int = Field(default=1_000, ge=0, alias="BRIDGE_REDIS_WAIT_TIMEOUT_MS")

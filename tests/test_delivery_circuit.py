@@ -219,3 +219,19 @@ async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
         entries = await pipe.entries()
         assert sorted(e["data"]["email"] for e in entries) == sorted(f"c{n}@example.com" for n in range(6))
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 6
+
+
+async def test_successes_while_closed_are_recorded_in_batches_and_all_counted(redis_client: Redis) -> None:
+    clock = Clock()
+    b = breaker(redis_client, clock)
+    assert await b.before() is False  # closed: cached for a moment
+    for _ in range(50):
+        assert await b.after(failed=False, probe=False) == "closed"
+
+    async def recorded(prefix: str) -> int:
+        raw = await redis_client.hgetall(keys.CIRCUIT)
+        return sum(int(v) for k, v in raw.items() if k.decode().startswith(prefix))
+
+    assert await recorded("o:") < 50  # not one Redis call per success
+    await b.after(failed=True, probe=False)  # a failure carries the successes not yet recorded
+    assert (await recorded("o:"), await recorded("f:")) == (50, 1)

@@ -1,7 +1,10 @@
 """The Connect API client: the only module that talks HTTP to the upstream (and to enrich sources).
 
 One pooled `httpx.AsyncClient` per process, owned by whoever starts the worker, with explicit
-limits and timeouts. Every write carries an `Idempotency-Key`; every failure becomes an
+limits and timeouts. Its transport is aiohttp's connection pool (through `httpx-aiohttp`) by
+default: with many requests in flight, httpcore's pool spends more CPU per request than the
+request itself (docs/performance.md has the numbers); BRIDGE_UPSTREAM_HTTP=httpx selects
+httpx's own. Every write carries an `Idempotency-Key`; every failure becomes an
 `UpstreamError` classified by `classify()`. Error messages keep the upstream's own message
 (for the dead-letter queue) but never the request body.
 """
@@ -23,11 +26,21 @@ MAX_ERROR_TEXT = 300
 
 
 def build_http_client(
-    *, timeout_s: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
+    *,
+    timeout_s: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+    pool: str = "aiohttp",
 ) -> httpx.AsyncClient:
+    """The process's upstream client; `pool` is "aiohttp" or "httpx" (ignored with `transport`)."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if transport is None and pool == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=limits, trust_env=False)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=limits,
         transport=transport,
         follow_redirects=False,
     )

@@ -16,8 +16,9 @@ except a 429, which is pacing and counts neither way (its Retry-After is honoure
 State lives in the hash `keys.CIRCUIT`: `state`, `opened_ms`, `open_ms`, `probe_ms` (the probe's
 lease) and per-second counters `o:<unix second>` / `f:<unix second>`. Both scripts touch only that
 key, so every decision is atomic across processes. The hash expires when idle (closed by default).
-A process caches "closed" for `CLOSED_CACHE_S`, so a healthy upstream costs one Redis call per
-upstream call (the record), not two.
+A process caches "closed" for `CLOSED_CACHE_S`, and while it does it counts successes locally and
+records them at most every `CLOSED_CACHE_S` (with the next failure at the latest), so a healthy
+upstream costs a few Redis calls per second per process, not two per upstream call.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ if state == 'open' then
   return 'closed'
 end
 local sec = math.floor(now / 1000)
-redis.call('HINCRBY', key, (failed and 'f:' or 'o:') .. sec, 1)
+local oks = tonumber(ARGV[10])
+if oks > 0 then redis.call('HINCRBY', key, 'o:' .. sec, oks) end
+if failed then redis.call('HINCRBY', key, 'f:' .. sec, 1) end
 local old = {}
 for s = sec - 3 * window, sec - window do
   old[#old + 1] = 'o:' .. s
@@ -159,6 +162,8 @@ class CircuitBreaker:
         self._record = redis.register_script(RECORD_SCRIPT)
         self._closed_until = 0.0
         self._open = False
+        self._unsent_ok = 0  # successes counted here, not yet recorded in Redis
+        self._flush_at = 0.0
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -194,6 +199,14 @@ class CircuitBreaker:
         way, except for a probe: any answer shows the upstream is up."""
         if failed is None and not probe:
             return "open" if self._open else "closed"
+        ok_now = 0 if failed else 1
+        if ok_now and not probe and time.monotonic() < self._closed_until:
+            self._unsent_ok += 1
+            if time.monotonic() < self._flush_at:
+                return "closed"
+            ok_now = 0
+        oks, self._unsent_ok = self._unsent_ok + ok_now, 0
+        self._flush_at = time.monotonic() + CLOSED_CACHE_S
         c = self.config
         state = await self._record(
             keys=[keys.CIRCUIT],
@@ -207,6 +220,7 @@ class CircuitBreaker:
                 int(c.open_s * 1000),
                 int(c.max_open_s * 1000),
                 int((c.window_s + c.max_open_s + c.probe_lease_s) * 2000),
+                oks,
             ],
         )
         text = state.decode() if isinstance(state, bytes) else str(state)
