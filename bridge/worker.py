@@ -181,9 +181,10 @@ class Deliverer:
                 previous=record.registered,
             )
             last_index = {(c.link, c.key): c.index for c in owed if c.key is not None}
+            finished = False
             for command in owed:
                 last = last_index.get((command.link, command.key)) == command.index
-                await self._apply_once(record, command, last)
+                finished = await self._apply_once(record, command, last, finish=command is owed[-1])
             command = None
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None)
@@ -198,7 +199,8 @@ class Deliverer:
             return await self._failed(record, exc, command)
         except DeliveryError as exc:
             return await self._failed(record, exc, command)
-        await deliveries.finish(self.redis, record, "delivered")
+        if not finished:
+            await deliveries.finish(self.redis, record, "delivered")
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
         return "delivered"
 
@@ -281,19 +283,23 @@ class Deliverer:
 
     # -- one command, exactly once -------------------------------------------------------------
 
-    async def _apply_once(self, record: DeliveryRecord, command: LeadCommand, last_for_key: bool) -> None:
+    async def _apply_once(
+        self, record: DeliveryRecord, command: LeadCommand, last_for_key: bool, *, finish: bool
+    ) -> bool:
+        """Apply one command unless an earlier run did. With `finish` (the delivery's last
+        command), a keyed command's end also marks the delivery delivered: returns True then."""
         if command.key is None:
             outcome, entry_id = await self._apply(record, command, None, None)
             await self._record_done(record, command, entry_id or outcome)
             self._count(record, command, outcome)
-            return
+            return False
         step = Step(record.id, record.seq, command.link, command.key, command.index)
         async with self.ordering.turn(step, self._link_group(record, command.link)) as turn:
             if turn.done:
                 # An earlier run of this same job applied it (a crash, or a lease that ran out).
                 if last_for_key:
                     await self.ordering.release(record.id, command.link, command.key)
-                return
+                return False
             outcome, entry_id = await self._apply(record, command, turn.last_order, turn.entry_id)
             await self.ordering.end(
                 turn,
@@ -301,8 +307,10 @@ class Deliverer:
                 leave_pending=last_for_key,
                 link_to=entry_id if outcome == "created" else None,
                 order=command.order if command.order is not None and outcome != "stale" else None,
+                finish=(record.mapping, record.registered) if finish else None,
             )
         self._count(record, command, outcome)
+        return finish
 
     async def _record_done(self, record: DeliveryRecord, command: LeadCommand, result: str) -> None:
         done_key = keys.done(record.id)

@@ -270,3 +270,18 @@ async def test_a_patch_that_arrives_first_waits_for_the_create(redis_url: str, t
         entries = await pipe.entries()
         assert len(entries) == 1
         assert entries[0]["data"] == {"email": "p@example.com", "name": "Pat", "phone": "+4915100000000"}
+
+
+async def test_the_last_step_ended_with_finish_delivers_the_delivery(redis_client: Redis) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    await _queued(redis_client, "f")
+    await redis_client.hset(keys.delivery("f"), mapping={"mapping": "m", "status": "retrying", "reason": "x"})
+    await redis_client.zadd(keys.DLQ, {"f": 1.0})  # a replayed dead letter
+    joined = await ordering.register("f", "m", 1, [("l", "k1"), ("l", "k2")])
+    async with ordering.turn(Step("f", 1, "l", "k2", 1), {"m"}) as held:
+        await ordering.end(held, "entry-2", leave_pending=True, finish=("m", joined))
+    assert await redis_client.hget(keys.delivery("f"), "status") == b"delivered"
+    assert not await redis_client.hexists(keys.delivery("f"), "reason")
+    assert await redis_client.zscore(keys.DLQ, "f") is None
+    for name in [*joined, unplanned_key("m")]:
+        assert await redis_client.zscore(name, "f") is None

@@ -87,9 +87,12 @@ return {3, redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or fa
 DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 
 # The end of one keyed command, in one round trip: record it done, link the entry, remember the
-# order value, leave pending(K) if this delivery owes K nothing more, release the lock if ours.
-# KEYS: done hash, lock, pending(K), link, order. ARGV: index, done value, retention s, token,
-# leave pending ('1'/''), delivery id, entry id to link (or ''), order value (or '').
+# order value, leave pending(K) if this delivery owes K nothing more, release the lock if ours;
+# for the delivery's last command also mark it delivered (what `deliveries.finish` does) and take
+# it out of the DLQ and of every ordering set.
+# KEYS: done hash, lock, pending(K), link, order, delivery, DLQ, then (finishing) the sets to leave.
+# ARGV: index, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
+# link (or ''), order value (or ''), finish ('1'/'').
 END_SCRIPT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -97,6 +100,11 @@ if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
 if ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[6], 'status', 'delivered')
+  redis.call('HDEL', KEYS[6], 'reason', 'failed_command', 'dead_at', 'pending_keys')
+  for i = 7, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
+end
 return 1
 """
 
@@ -293,12 +301,24 @@ class Ordering:
         leave_pending: bool,
         link_to: str | None = None,
         order: str | None = None,
+        finish: tuple[str, list[str]] | None = None,
     ) -> None:
         """The step is applied: record `result` as done, link `link_to`, remember `order`, leave
-        pending(K) when the delivery owes K nothing more, and release the lock, all at once."""
+        pending(K) when the delivery owes K nothing more, and release the lock, all at once.
+        `finish=(mapping, sets it joined)` for its last command: the delivery is delivered too."""
         step = held.step
+        leave = [unplanned_key(finish[0]), *finish[1]] if finish is not None else []
         await self._end(
-            keys=[keys.done(step.delivery_id), step.lock, step.pending, step.linked, step.order],
+            keys=[
+                keys.done(step.delivery_id),
+                step.lock,
+                step.pending,
+                step.linked,
+                step.order,
+                keys.delivery(step.delivery_id),
+                keys.DLQ,
+                *leave,
+            ],
             args=[
                 step.index,
                 result,
@@ -308,6 +328,7 @@ class Ordering:
                 step.delivery_id,
                 link_to or "",
                 order or "",
+                "1" if finish is not None else "",
             ],
         )
         held.ended = True
