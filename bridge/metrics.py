@@ -7,6 +7,8 @@ methods and status codes. Never a payload value. leadbridge runs one uvicorn wor
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,8 +64,28 @@ class Metrics:
             "leadbridge_signature_failures", "Webhooks refused with 401, by mapping", ["mapping"], registry=r
         )
 
+        # Labelled children by (metric, label values): `labels()` validates and locks on every
+        # call, a cost per webhook and per upstream call; the label sets are few and bounded.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def count_webhook(self, mapping: str, outcome: str) -> None:
+        self._child(self.webhooks, mapping, outcome).inc()
+
+    def observe_ingest(self, mapping: str, seconds: float) -> None:
+        self._child(self.ingest_seconds, mapping).observe(seconds)
+
+    def count_command(self, mapping: str, action: str, outcome: str) -> None:
+        self._child(self.commands, mapping, action, outcome).inc()
+
     def observe_upstream(self, method: str, status: str, seconds: float) -> None:
-        self.upstream_seconds.labels(method=method, status=status).observe(seconds)
+        self._child(self.upstream_seconds, method, status).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -168,7 +168,7 @@ class Deliverer:
                     await self.ordering.leave_unplanned(record.id, record.mapping)
                 raise
             if plan.ignored:
-                self.metrics.webhooks.labels(mapping=record.mapping, outcome="ignored").inc()
+                self.metrics.count_webhook(record.mapping, "ignored")
                 await deliveries.finish(self.redis, record, "ignored")
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
@@ -233,9 +233,7 @@ class Deliverer:
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
             return await self._dead(record, reason, command, recorded=True)
         if command is not None:
-            self.metrics.commands.labels(
-                mapping=record.mapping, action=command.action, outcome="retried"
-            ).inc()
+            self.metrics.count_command(record.mapping, command.action, "retried")
         log.info(
             "delivery will be retried",
             extra={
@@ -262,7 +260,7 @@ class Deliverer:
         )
         await self.ordering.forget(record.id, record.mapping)
         action = command.action if command else "none"
-        self.metrics.commands.labels(mapping=record.mapping, action=action, outcome="dead").inc()
+        self.metrics.count_command(record.mapping, action, "dead")
         log.warning(
             "delivery dead-lettered",
             extra={**self._ids(record), "command": command.index if command else None},
@@ -320,7 +318,7 @@ class Deliverer:
             await pipe.execute()
 
     def _count(self, record: DeliveryRecord, command: LeadCommand, outcome: str) -> None:
-        self.metrics.commands.labels(mapping=record.mapping, action=command.action, outcome=outcome).inc()
+        self.metrics.count_command(record.mapping, command.action, outcome)
         log.info(
             "command applied",
             extra={

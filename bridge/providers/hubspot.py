@@ -80,6 +80,7 @@ class HubSpotOptions(ProviderOptions):
 class HubSpotProvider(Provider[HubSpotOptions]):
     name = "hubspot"
     Options = HubSpotOptions
+    uses_url = True
 
     def __init__(self, options: HubSpotOptions) -> None:
         super().__init__(options)

@@ -1,14 +1,14 @@
 """Durable acceptance of verified webhooks: dedupe + store + enqueue, batched.
 
-One Lua script per delivery does, atomically: look up the dedupe record (a hit answers
-"duplicate" with the first delivery's id); otherwise write the delivery, the arq job and its
-queue entry, its place in arrival order (`seq`, and the mapping's "unplanned" set of
-`bridge.queue.ordering`), and only then the dedupe record. "Seen" is therefore never recorded
-without the work being stored, and both are written by the same command, so they are equally
-durable.
+One Lua script stores a whole batch; for each delivery it does, atomically: look up the dedupe
+record (a hit answers "duplicate" with the first delivery's id); otherwise write the delivery,
+the arq job and its queue entry, its place in arrival order (`seq`, and the mapping's
+"unplanned" set of `bridge.queue.ordering`), and only then the dedupe record. "Seen" is
+therefore never recorded without the work being stored, and both are written by the same
+command, so they are equally durable.
 
 Concurrent requests are grouped: while one batch is in flight, new deliveries wait and go
-together in the next one (a single pipelined round trip and, with the embedded server's
+together in the next one (a single command and round trip and, with the embedded server's
 `appendfsync always`, a single fsync). Optionally the batch waits for replicas (`WAIT`) or for
 the local AOF fsync (`WAITAOF`) before anyone is answered.
 
@@ -33,25 +33,40 @@ from redis.exceptions import NoScriptError, RedisError
 from bridge.errors import QueueUnavailable
 from bridge.queue import arq_adapter, crypto, keys, ordering
 
+# Stores a whole batch, each delivery as described above, in one command.
+# KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its arq
+# job, its mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when
+# stored in clear), then per delivery: mapping, provider, event id, headers, body, arq job record,
+# delivery id. Returns per delivery: 1, its id (stored) or 0, the first delivery's id (duplicate).
 ACCEPT_SCRIPT = """
-local existing = redis.call('GET', KEYS[1])
-if existing then
-  return {0, existing}
+local retention, now, window, enc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for n = 0, (#KEYS - 2) / 4 - 1 do
+  local k, a = 2 + n * 4, 4 + n * 7
+  local existing = redis.call('GET', KEYS[k + 1])
+  if existing then
+    out[#out + 1] = 0
+    out[#out + 1] = existing
+  else
+    local id = ARGV[a + 7]
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('HSET', KEYS[k + 2], 'mapping', ARGV[a + 1], 'provider', ARGV[a + 2],
+      'event_id', ARGV[a + 3], 'received_at', now, 'headers', ARGV[a + 4], 'body', ARGV[a + 5],
+      'status', 'queued', 'seq', seq, 'attempts', 0)
+    if enc ~= '' then
+      redis.call('HSET', KEYS[k + 2], 'enc', enc)
+    end
+    redis.call('EXPIRE', KEYS[k + 2], retention)
+    redis.call('SET', KEYS[k + 3], ARGV[a + 6], 'EX', retention)
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('ZADD', KEYS[k + 4], seq, id)
+    redis.call('EXPIRE', KEYS[k + 4], retention)
+    redis.call('SET', KEYS[k + 1], id, 'EX', window)
+    out[#out + 1] = 1
+    out[#out + 1] = id
+  end
 end
-local seq = redis.call('INCR', KEYS[5])
-redis.call('HSET', KEYS[2], 'mapping', ARGV[1], 'provider', ARGV[2], 'event_id', ARGV[3],
-  'received_at', ARGV[4], 'headers', ARGV[5], 'body', ARGV[6], 'status', 'queued', 'seq', seq,
-  'attempts', 0)
-if ARGV[12] ~= '' then
-  redis.call('HSET', KEYS[2], 'enc', ARGV[12])
-end
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
-redis.call('ZADD', KEYS[4], ARGV[9], ARGV[10])
-redis.call('ZADD', KEYS[6], seq, ARGV[10])
-redis.call('EXPIRE', KEYS[6], ARGV[7])
-redis.call('SET', KEYS[1], ARGV[10], 'EX', ARGV[11])
-return {1, ARGV[10]}
+return out
 """
 
 MAX_BATCH = 512
@@ -149,29 +164,26 @@ class Accepter:
         if self._sha is None:
             self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
         now_ms = int(time.time() * 1000)
-        ids = [new_delivery_id(now_ms, self._next_counter()) for _ in batch]
+        names: list[str] = [arq_adapter.QUEUE_KEY, keys.SEQ]
+        args: list[Any] = [self._retention_s, now_ms, self._dedupe_window_s, self._keyring.current_key_id]
+        for incoming, _ in batch:
+            delivery_id = new_delivery_id(now_ms, self._next_counter())
+            names += (
+                keys.seen(incoming.mapping, incoming.event_id),
+                keys.delivery(delivery_id),
+                arq_adapter.job_key(delivery_id),
+                ordering.unplanned_key(incoming.mapping),
+            )
+            args += (
+                incoming.mapping,
+                incoming.provider,
+                incoming.event_id,
+                *self._payload(incoming, delivery_id),
+                arq_adapter.job_record(delivery_id, now_ms),
+                delivery_id,
+            )
         async with self._redis.pipeline(transaction=False) as pipe:
-            for (incoming, _), delivery_id in zip(batch, ids, strict=True):
-                args: list[Any] = [
-                    keys.seen(incoming.mapping, incoming.event_id),
-                    keys.delivery(delivery_id),
-                    arq_adapter.job_key(delivery_id),
-                    arq_adapter.QUEUE_KEY,
-                    keys.SEQ,
-                    ordering.unplanned_key(incoming.mapping),
-                    incoming.mapping,
-                    incoming.provider,
-                    incoming.event_id,
-                    now_ms,
-                    *self._payload(incoming, delivery_id),
-                    self._retention_s,
-                    arq_adapter.job_record(delivery_id, now_ms),
-                    now_ms,
-                    delivery_id,
-                    self._dedupe_window_s,
-                    self._keyring.current_key_id,
-                ]
-                pipe.evalsha(self._sha, 6, *args)
+            pipe.evalsha(self._sha, len(names), *names, *args)
             if self._wait_replicas:
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
             if self._wait_local_fsync:
@@ -190,16 +202,17 @@ class Accepter:
         )
 
     def _answer(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]], results: list[object]) -> None:
-        if self._wait_replicas and int(str(results[len(batch)])) < self._wait_replicas:
+        if self._wait_replicas and int(str(results[1])) < self._wait_replicas:
             # Stored on the primary, but not on enough replicas: the provider will retry, and the
             # retry is answered "duplicate" once the first copy exists, so nothing is lost.
             for _, future in batch:
                 if not future.done():
                     future.set_exception(QueueUnavailable())
             return
-        for (_, future), result in zip(batch, results[: len(batch)], strict=True):
-            assert isinstance(result, list)
-            created, delivery_id = int(result[0]), result[1]
+        stored = results[0]
+        assert isinstance(stored, list)
+        for n, (_, future) in enumerate(batch):
+            created, delivery_id = int(stored[2 * n]), stored[2 * n + 1]
             if isinstance(delivery_id, bytes):
                 delivery_id = delivery_id.decode()
             if not future.done():
