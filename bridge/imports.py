@@ -1,8 +1,8 @@
 """What the `leadbridge` processes keep third-party packages from importing (resident memory).
 
-Every module a long-running process imports stays resident. Two dependencies import, at their
+Every module a long-running process imports stays resident. Some dependencies import, at their
 top, modules leadbridge never uses; `apply()` (called once by the CLI entry point, before
-anything imports redis or httpx) keeps them out. Measured RSS, Python 3.11 (docs/performance.md):
+anything imports redis, httpx or uvicorn) keeps them out. Measured RSS, Python 3.11 (docs/performance.md):
 
 - redis-py 5.3's `redis.auth.token` imports PyJWT for token (Entra ID) authentication, which
   leadbridge does not use; PyJWT imports cryptography's X.509 and asymmetric-key bindings:
@@ -12,6 +12,9 @@ anything imports redis or httpx) keeps them out. Measured RSS, Python 3.11 (docs
 - httpx imports its command-line client (`httpx._main`: click, rich, pygments) whenever those are
   installed (the test extras install rich): ~5 MiB. `skip("httpx._main")` makes httpx take its
   own fallback (`httpx.main` then says the CLI's dependencies are missing).
+- uvicorn imports its `--reload` supervisor on watchfiles (a Rust extension): ~0.7 MiB. leadbridge
+  runs `uvicorn.Server` itself and never reloads; `skip("uvicorn.supervisors.watchfilesreload")`
+  makes uvicorn pick its stat-based reloader class instead (never started either).
 
 Nothing happens at import time; tests/test_imports.py checks each trim.
 """
@@ -24,7 +27,7 @@ import types
 from typing import Any
 
 DEFERRED = ("jwt",)
-SKIPPED = ("httpx._main",)
+SKIPPED = ("httpx._main", "uvicorn.supervisors.watchfilesreload")
 
 
 class _Deferred(types.ModuleType):

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-NEVER = ["schemathesis", "hypothesis", "pytest", "rich", "pygments", "bridge.sandbox"]
+NEVER = ["schemathesis", "hypothesis", "pytest", "rich", "pygments", "watchfiles", "bridge.sandbox"]
 # cryptography's bindings (AES-GCM, X.509 via PyJWT): only with BRIDGE_ENCRYPTION_KEYS set
 CRYPTO = ["cryptography.hazmat.bindings._rust", "jwt.api_jwt", "jwt.algorithms"]
 WORKER_SIDE = ["httpx", "bridge.connect.client", "bridge.worker"]
