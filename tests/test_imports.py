@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.providers.registry import MODULES
+
 REPO = Path(__file__).resolve().parent.parent
 
 NEVER = ["schemathesis", "hypothesis", "pytest", "rich", "pygments", "watchfiles", "bridge.sandbox"]
@@ -57,9 +59,8 @@ def python(code: str) -> str:
 
 def loaded(code: str, names: list[str]) -> list[str]:
     """Which of `names` are in sys.modules after running `code` in a fresh interpreter."""
-    found: list[str] = json.loads(
-        python(code + f"\nimport json\nprint(json.dumps(sorted(n for n in {names!r} if n in sys.modules)))\n")
-    )
+    report = f"\nimport json, sys\nprint(json.dumps(sorted(n for n in {names!r} if n in sys.modules)))\n"
+    found: list[str] = json.loads(python(code + report))
     return found
 
 
@@ -113,3 +114,13 @@ assert keyring.open(keyring.seal(b"x", b"aad"), b"aad") == b"x"
 print(before, "cryptography.hazmat.bindings._rust" in sys.modules)
 """
     assert python(code).split() == ["False", "True"]
+
+
+def test_a_provider_module_is_imported_when_a_mapping_names_it() -> None:
+    modules = [f"bridge.providers.{m.partition(':')[0]}" for m in MODULES.values()]
+    code = f"""
+from bridge.providers import PROVIDERS, build_provider
+assert len(PROVIDERS) == {len(MODULES)}
+build_provider("hmac", {{"secret": "s" * 32}})
+"""
+    assert loaded(code, modules) == ["bridge.providers.generic_hmac"]
