@@ -123,4 +123,5 @@ from bridge.providers import PROVIDERS, build_provider
 assert len(PROVIDERS) == {len(MODULES)}
 build_provider("hmac", {{"secret": "s" * 32}})
 """
-    assert loaded(code, modules) == ["bridge.providers.generic_hmac"]
+    # the XML stack only for providers with XML bodies (Salesforce)
+    assert loaded(code, [*modules, "defusedxml"]) == ["bridge.providers.generic_hmac"]
