@@ -2,7 +2,7 @@
 
 Every module a long-running process imports stays resident. Some dependencies import, at their
 top, modules leadbridge never uses; `apply()` (called once by the CLI entry point, before
-anything imports redis, httpx or uvicorn) keeps them out. Measured RSS, Python 3.11 (docs/performance.md):
+anything imports redis, httpx or uvicorn) keeps them out. RSS measured after import, Python 3.11:
 
 - redis-py 5.3's `redis.auth.token` imports PyJWT for token (Entra ID) authentication, which
   leadbridge does not use; PyJWT imports cryptography's X.509 and asymmetric-key bindings:

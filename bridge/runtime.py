@@ -32,7 +32,7 @@ from bridge.settings import Settings
 
 if TYPE_CHECKING:
     # The worker's side (httpx, the Connect client, the deliverer) is imported by start_worker():
-    # a `serve` process never loads it (resident memory: docs/performance.md).
+    # a `serve` process never loads it (~5 MiB of resident memory).
     import httpx
 
     from bridge.worker import Deliverer
