@@ -40,7 +40,6 @@ def _aiohttp() -> None:
     import httpx
     from httpx_aiohttp import AiohttpTransport
 
-    from bridge import runtime
     from bridge.connect import client
 
     original = client.build_http_client
@@ -55,7 +54,8 @@ def _aiohttp() -> None:
             transport=transport or AiohttpTransport(limits=limits),
         )
 
-    runtime.build_http_client = build_http_client  # type: ignore[attr-defined]
+    # Runtime.start_worker() imports build_http_client from bridge.connect.client when it runs.
+    client.build_http_client = build_http_client
 
 
 def _sniffio() -> None:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bridge import imports
 from bridge.errors import ConfigError, MappingValidationError
 from bridge.settings import Settings, load_settings
 
@@ -129,6 +130,7 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    imports.apply()
     args = _parser().parse_args(argv)
     try:
         sys.exit(_dispatch(args))

@@ -22,7 +22,6 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from bridge.app import create_app
 from bridge.errors import ConfigError
 from bridge.http import health
 from bridge.http.protocol import bounded_protocol
@@ -146,7 +145,12 @@ async def run_all(
         runtime.start_background()
         if worker:
             await runtime.start_worker()
-        app = create_app(settings, runtime=runtime) if web else probe_app(runtime)
+        if web:
+            from bridge.app import create_app  # the webhook routes: not loaded by a worker
+
+            app = create_app(settings, runtime=runtime)
+        else:
+            app = probe_app(runtime)
         port = settings.port if web else settings.worker_probe_port
         sock = bind(settings.host, port)
         servers.append((_server(app, settings.host, port, settings), sock))

@@ -17,23 +17,25 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
-from bridge.connect.tables import TableCache
 from bridge.mapping.registry import MappingRegistry
 from bridge.metrics import Metrics
 from bridge.queue import arq_adapter, circuit, deliveries, keys
-from bridge.queue.circuit import CircuitBreaker, CircuitConfig, GuardedConnect
 from bridge.queue.crypto import Keyring
 from bridge.queue.ingest import Accepter
 from bridge.ratelimit import RateLimiter
 from bridge.settings import Settings
-from bridge.worker import Deliverer
+
+if TYPE_CHECKING:
+    # The worker's side (httpx, the Connect client, the deliverer) is imported by start_worker():
+    # a `serve` process never loads it (~5 MiB of resident memory).
+    import httpx
+
+    from bridge.worker import Deliverer
 
 log = logging.getLogger("bridge.runtime")
 
@@ -119,6 +121,11 @@ class Runtime:
         self._tasks.append(loop.create_task(self.mappings.watch()))
 
     async def start_worker(self) -> None:
+        from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
+        from bridge.connect.tables import TableCache
+        from bridge.queue.circuit import CircuitBreaker, CircuitConfig, GuardedConnect
+        from bridge.worker import Deliverer
+
         if self._upstream is None:
             base_url, key = self.settings.require_upstream()
             self._upstream = (base_url, key.get_secret_value())

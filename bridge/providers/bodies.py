@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
-from xml.etree.ElementTree import Element, ParseError
 
 import orjson
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring as defused_fromstring
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from bridge.errors import InvalidBody, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 MAX_JSON_DEPTH = 64
 MAX_FORM_FIELDS = 1000
@@ -253,6 +253,12 @@ def decode_json_fields(fields: dict[str, Any], names: Iterable[str]) -> dict[str
 def parse_xml(body: bytes) -> Element:
     """The root element of an XML body. DTDs, entities and external references are refused
     (no XXE, no entity expansion), and so is nesting deeper than MAX_XML_DEPTH."""
+    # Imported here: only the providers with XML bodies load the XML stack (resident memory).
+    from xml.etree.ElementTree import ParseError
+
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import fromstring as defused_fromstring
+
     try:
         root: Element = defused_fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except (ParseError, DefusedXmlException, ValueError, UnicodeError, LookupError):

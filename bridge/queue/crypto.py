@@ -30,12 +30,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from bridge.errors import BridgeError, ConfigError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from bridge.settings import Settings
 
 SETTING = "BRIDGE_ENCRYPTION_KEYS"
@@ -69,7 +68,12 @@ class Keyring:
         for key in keys:
             if len(key) != KEY_BYTES:
                 raise ValueError("encryption keys are 32 bytes")
-        self._keys = [_Key(bytes.fromhex(key_id(k)), AESGCM(k)) for k in keys]
+        self._keys: list[_Key] = []
+        if keys:
+            # Imported only with keys configured: cryptography's bindings cost ~8 MiB of RSS.
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._keys = [_Key(bytes.fromhex(key_id(k)), AESGCM(k)) for k in keys]
 
     def __repr__(self) -> str:
         return f"Keyring(key_ids={self.key_ids})"
@@ -133,6 +137,8 @@ class Keyring:
                 f"stored value was sealed with key id {wanted.hex()}, which is not in {SETTING} "
                 f"(configured key ids: {configured})"
             )
+        from cryptography.exceptions import InvalidTag
+
         for key in candidates:
             try:
                 return key.aead.decrypt(nonce, sealed[head:], aad)
