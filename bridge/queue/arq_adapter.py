@@ -8,8 +8,9 @@ instead of pickle (nothing read back from Redis can run code).
 What we change in how arq runs (`build_worker`, `run`):
 - a job's claim (arq's in-progress key) is a lease of BRIDGE_JOB_LEASE_S, renewed while the job
   runs, instead of the job timeout + 10 s: a job whose worker was killed runs again soon;
-- arq's own job timeout sits a margin above ours (the Deliverer enforces BRIDGE_JOB_TIMEOUT_S
-  and turns it into a retry), because arq drops a job that times out;
+- a job runs `deliver` directly (`_Worker.run_job`): no read of the job record, no try counter,
+  no extra task; the Deliverer enforces BRIDGE_JOB_TIMEOUT_S itself and turns it into a retry
+  (arq's own job timeout, which drops a job, is not used);
 - `run` restarts arq's poll loop when Redis goes away (arq's loop ends on the first error), so a
   worker survives a Redis restart without a process restart;
 - jobs are claimed in batches, one script per batch (arq claims each job with a WATCH/MULTI, four
@@ -30,7 +31,7 @@ from typing import Any, cast
 import orjson
 from arq import Retry
 from arq.connections import RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -42,6 +43,7 @@ DELIVER_FUNCTION = "deliver"
 JOB_TIMEOUT_MARGIN_S = 30.0
 RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 HEALTHY_RUN_S = 10.0  # a loop that ran this long before failing starts the delays over
+ESCAPED_DEFER_MS = 60_000  # a job whose function raised something unexpected comes back then
 
 log = logging.getLogger("bridge.worker")
 
@@ -142,6 +144,44 @@ class _Worker(Worker):
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
                 self.started_in_poll += 1
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's `run_job` for our one function, in one round trip instead of two.
+
+        arq first reads the job record and bumps a try counter (a MULTI), then runs the
+        function in another task under `wait_for`. Our job is always `deliver(delivery_id)` with
+        the job id as the delivery id, tries are counted in the delivery itself, and the
+        Deliverer enforces its own time limit; so this runs it directly and only does arq's
+        finish: done -> the job leaves the queue; `Retry(defer)` -> it comes back then;
+        cancelled (a drain) -> it stays queued and runs again. An exception that escapes the
+        Deliverer (it turns every failure into a decision, so this is a bug) is logged and the
+        job comes back in a minute rather than being dropped.
+        """
+        deliver = self.functions[DELIVER_FUNCTION].coroutine
+        incr_score: int | None = None
+        try:
+            await deliver(self.ctx, job_id)
+        except Retry as exc:
+            incr_score = (exc.defer_score or 0) + (timestamp_ms() - score)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._finish(job_id, done=False, incr_score=None))
+            raise
+        except Exception:
+            log.exception("delivery job failed unexpectedly; it runs again", extra={"delivery_id": job_id})
+            incr_score = ESCAPED_DEFER_MS + (timestamp_ms() - score)
+        await asyncio.shield(self._finish(job_id, done=incr_score is None, incr_score=incr_score))
+
+    async def _finish(self, job_id: str, *, done: bool, incr_score: int | None) -> None:
+        """arq's `finish_job` (without results, which we do not keep)."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            stale = [in_progress_key_prefix + job_id]
+            if done:
+                stale += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zincrby(self.queue_name, incr_score, job_id)
+            tr.delete(*stale)
+            await tr.execute()
 
     def _running_here(self, job_id: str) -> bool:
         task = self.tasks.get(job_id)
