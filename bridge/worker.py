@@ -36,7 +36,7 @@ from bridge.errors import Deferred, DeliveryError, InboundError, MappingError, U
 from bridge.mapping.commands import LeadCommand
 from bridge.metrics import Metrics
 from bridge.queue import deliveries, keys
-from bridge.queue.arq_adapter import Retry
+from bridge.queue.arq_adapter import JobFinished, Retry
 from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
@@ -202,7 +202,8 @@ class Deliverer:
         if not finished:
             await deliveries.finish(self.redis, record, "delivered")
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
-        return "delivered"
+        # Finished by the last command's end: the delivery and its arq job, in one atomic step.
+        return JobFinished("delivered") if finished else "delivered"
 
     def _deferral(self, record: DeliveryRecord, exc: Deferred) -> Retry:
         """Put the job back for about `defer_s` (jittered) without counting an attempt."""

@@ -49,6 +49,7 @@ log = logging.getLogger("bridge.worker")
 
 __all__ = [
     "QUEUE_KEY",
+    "JobFinished",
     "Retry",
     "build_worker",
     "drain",
@@ -71,6 +72,16 @@ def deserialize(raw: bytes) -> dict[str, Any]:
 
 def job_key(delivery_id: str) -> str:
     return job_key_prefix + delivery_id
+
+
+def finished_job_keys(delivery_id: str) -> list[str]:
+    """The keys arq deletes when a job is done: its record, its claim, its try counter."""
+    return [prefix + delivery_id for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)]
+
+
+class JobFinished(str):
+    """What a job function returns when it already finished its own job, in the same atomic
+    step as its last write (removed from the queue, its keys deleted): no finish round trip."""
 
 
 def in_progress_key(delivery_id: str) -> str:
@@ -160,7 +171,8 @@ class _Worker(Worker):
         deliver = self.functions[DELIVER_FUNCTION].coroutine
         incr_score: int | None = None
         try:
-            await deliver(self.ctx, job_id)
+            if isinstance(await deliver(self.ctx, job_id), JobFinished):
+                return
         except Retry as exc:
             incr_score = (exc.defer_score or 0) + (timestamp_ms() - score)
         except asyncio.CancelledError:

@@ -88,9 +88,10 @@ DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 
 # The end of one keyed command, in one round trip: record it done, link the entry, remember the
 # order value, leave pending(K) if this delivery owes K nothing more, release the lock if ours;
-# for the delivery's last command also mark it delivered (what `deliveries.finish` does) and take
-# it out of the DLQ and of every ordering set.
-# KEYS: done hash, lock, pending(K), link, order, delivery, DLQ, then (finishing) the sets to leave.
+# for the delivery's last command also mark it delivered (what `deliveries.finish` does), take
+# it out of the DLQ, of every ordering set and of the arq queue, and delete its arq job's keys.
+# KEYS: done hash, lock, pending(K), link, order, delivery, arq job, claim and try counter, DLQ,
+# arq queue, then (finishing) the sets to leave.
 # ARGV: index, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
 # link (or ''), order value (or ''), finish ('1'/'').
 END_SCRIPT = """
@@ -103,7 +104,8 @@ if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
 if ARGV[9] == '1' then
   redis.call('HSET', KEYS[6], 'status', 'delivered')
   redis.call('HDEL', KEYS[6], 'reason', 'failed_command', 'dead_at', 'pending_keys')
-  for i = 7, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
+  redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
+  for i = 10, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
 end
 return 1
 """
@@ -305,7 +307,8 @@ class Ordering:
     ) -> None:
         """The step is applied: record `result` as done, link `link_to`, remember `order`, leave
         pending(K) when the delivery owes K nothing more, and release the lock, all at once.
-        `finish=(mapping, sets it joined)` for its last command: the delivery is delivered too."""
+        `finish=(mapping, sets it joined)` for its last command: the delivery is delivered, and its
+        arq job done (the job function then returns `arq_adapter.JobFinished`)."""
         step = held.step
         leave = [unplanned_key(finish[0]), *finish[1]] if finish is not None else []
         await self._end(
@@ -316,7 +319,9 @@ class Ordering:
                 step.linked,
                 step.order,
                 keys.delivery(step.delivery_id),
+                *arq_adapter.finished_job_keys(step.delivery_id),
                 keys.DLQ,
+                arq_adapter.QUEUE_KEY,
                 *leave,
             ],
             args=[
