@@ -272,7 +272,7 @@ async def test_a_patch_that_arrives_first_waits_for_the_create(redis_url: str, t
         assert entries[0]["data"] == {"email": "p@example.com", "name": "Pat", "phone": "+4915100000000"}
 
 
-async def test_the_last_step_ended_with_finish_delivers_the_delivery_and_ends_its_job(redis_client: Redis) -> None:
+async def test_the_last_step_ended_with_finish_delivers_it_and_ends_its_job(redis_client: Redis) -> None:
     ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
     await _queued(redis_client, "f")
     await redis_client.hset(keys.delivery("f"), mapping={"mapping": "m", "status": "retrying", "reason": "x"})
