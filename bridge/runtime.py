@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from bridge.mapping.registry import MappingRegistry
 from bridge.metrics import Metrics
-from bridge.queue import arq_adapter, circuit, deliveries, keys
+from bridge.queue import arq_adapter, circuit, deliveries, keys, wake
 from bridge.queue.crypto import Keyring
 from bridge.queue.ingest import Accepter
 from bridge.ratelimit import RateLimiter
@@ -162,6 +162,8 @@ class Runtime:
             job_lease_s=self.settings.job_lease_s,
         )
         loop = asyncio.get_running_loop()
+        self._worker.wake = asyncio.Event()
+        self._tasks.append(loop.create_task(wake.wake_on_publish(self.redis, self._worker.wake)))
         self._tasks.append(loop.create_task(arq_adapter.run(self._worker)))
         self._tasks.append(loop.create_task(self._heartbeat()))
 

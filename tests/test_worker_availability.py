@@ -13,8 +13,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bridge.queue import arq_adapter, deliveries, keys
+from bridge.aio import cancel_and_wait
+from bridge.queue import arq_adapter, deliveries, keys, wake
 from bridge.queue.embedded import EmbeddedValkey
+from bridge.queue.ingest import Accepter, Incoming
 from tests.pipeline import pipeline, sign
 from tests.servers import until
 
@@ -272,3 +274,39 @@ async def test_a_cancelled_job_stays_queued_and_unclaimed(redis_client: Redis) -
         assert not await redis_client.exists(arq_adapter.in_progress_key("rj-cancel"))
     finally:
         await redis_client.zrem(arq_adapter.QUEUE_KEY, "rj-cancel")
+
+
+async def test_an_idle_worker_is_woken_by_a_new_delivery_not_its_next_poll(redis_client: Redis) -> None:
+    picked: list[str] = []
+
+    async def deliver(ctx: dict[str, object], delivery_id: str) -> str:
+        picked.append(delivery_id)
+        return "delivered"
+
+    worker = arq_adapter.build_worker(
+        deliver=deliver,
+        redis_pool=arq_adapter.wrap_pool(redis_client),
+        on_startup=None,
+        ctx={},
+        max_jobs=4,
+        job_timeout_s=5,
+        poll_delay_s=60.0,  # left alone, an idle worker would look again in a minute
+    )
+    worker.wake = asyncio.Event()
+    listening = asyncio.create_task(wake.wake_on_publish(redis_client, worker.wake))
+    running = asyncio.create_task(arq_adapter.run(worker))
+    try:
+
+        async def subscribed() -> bool:
+            return bool((await redis_client.pubsub_numsub(keys.WAKE))[0][1])
+
+        await until(subscribed, timeout_s=5)
+        accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=60)
+        for n in range(2):  # the first is found by the first poll; the second arrives while idle
+            accepted = await accepter.accept(
+                Incoming(mapping="m", provider="hmac", event_id=f"wake-{n}", body=b"{}", headers={})
+            )
+            await until(lambda: accepted.delivery_id in picked, timeout_s=5)  # noqa: B023
+    finally:
+        for task in (running, listening):
+            await cancel_and_wait(task)

@@ -23,6 +23,7 @@ What we change in how arq runs (`build_worker`, `run`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,8 @@ class _Worker(Worker):
 
     started_in_poll = 0
     _claim_script: Any = None
+    # Set when new jobs were queued (`wake_on_publish`): an idle poll loop looks at once.
+    wake: asyncio.Event | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one round trip per batch
@@ -275,9 +278,21 @@ async def _poll(worker: _Worker) -> None:
     worker.ctx["redis"] = worker.pool
     while True:
         worker.started_in_poll = 0
+        if worker.wake is not None:
+            worker.wake.clear()
         await worker._poll_iteration()
         if not worker.started_in_poll:
-            await asyncio.sleep(worker.poll_delay_s)
+            await _idle(worker)
+
+
+async def _idle(worker: _Worker) -> None:
+    """Between polls: `poll_delay`, cut short when new jobs are announced."""
+    if worker.wake is None:
+        await asyncio.sleep(worker.poll_delay_s)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(worker.poll_delay_s):
+            await worker.wake.wait()
 
 
 async def _renew_claims(worker: Worker) -> None:

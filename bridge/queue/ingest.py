@@ -36,13 +36,15 @@ from bridge.queue import arq_adapter, crypto, keys, ordering
 # Stores a whole batch, each delivery as described above, in one command.
 # KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its arq
 # job, its mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when
-# stored in clear), then per delivery: mapping, provider, event id, headers, body, arq job record,
-# delivery id. Returns per delivery: 1, its id (stored) or 0, the first delivery's id (duplicate).
+# stored in clear), the channel that wakes idle workers, then per delivery: mapping, provider,
+# event id, headers, body, arq job record, delivery id. Returns per delivery: 1, its id (stored)
+# or 0, the first delivery's id (duplicate).
 ACCEPT_SCRIPT = """
 local retention, now, window, enc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
+local stored = false
 for n = 0, (#KEYS - 2) / 4 - 1 do
-  local k, a = 2 + n * 4, 4 + n * 7
+  local k, a = 2 + n * 4, 5 + n * 7
   local existing = redis.call('GET', KEYS[k + 1])
   if existing then
     out[#out + 1] = 0
@@ -64,7 +66,11 @@ for n = 0, (#KEYS - 2) / 4 - 1 do
     redis.call('SET', KEYS[k + 1], id, 'EX', window)
     out[#out + 1] = 1
     out[#out + 1] = id
+    stored = true
   end
+end
+if stored then
+  redis.call('PUBLISH', ARGV[5], '1')
 end
 return out
 """
@@ -165,7 +171,13 @@ class Accepter:
             self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
         now_ms = int(time.time() * 1000)
         names: list[str] = [arq_adapter.QUEUE_KEY, keys.SEQ]
-        args: list[Any] = [self._retention_s, now_ms, self._dedupe_window_s, self._keyring.current_key_id]
+        args: list[Any] = [
+            self._retention_s,
+            now_ms,
+            self._dedupe_window_s,
+            self._keyring.current_key_id,
+            keys.WAKE,
+        ]
         for incoming, _ in batch:
             delivery_id = new_delivery_id(now_ms, self._next_counter())
             names += (

@@ -19,6 +19,7 @@ RATE = PREFIX + "rate:"  # string counters: per-mapping accept rate limits
 HEARTBEAT = PREFIX + "worker:"  # string with TTL per worker process
 UNPLANNED = PREFIX + "unplanned:"  # sorted set per mapping: accepted, not yet planned (seq -> id)
 PENDING = PREFIX + "pending:"  # sorted set per link + hashed key: deliveries owing it a command
+WAKE = PREFIX + "wake"  # pub/sub channel (not a key): new deliveries were queued
 
 
 def digest(value: str) -> str:
