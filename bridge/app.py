@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bridge.errors import InboundError
 from bridge.http import admin, health, hooks, openapi
@@ -18,6 +19,25 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 
 HOOK_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+HOOKS = "/hooks/"
+
+
+class BridgeApp(Starlette):
+    """Starlette, with `POST /hooks/{name}` (nearly every request) handed to the hook handler
+    before the middleware stack and the router; every other request goes the usual way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            name = path[len(HOOKS) :]
+            if path.startswith(HOOKS) and name and "/" not in name:
+                scope["app"] = self
+                await hooks.post_hook(self.state.runtime, name, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def routes() -> list[Route]:
@@ -41,7 +61,7 @@ def create_app(
     runtime: Runtime | None = None,
     redis_url: str | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Starlette:
+) -> BridgeApp:
     """The webhook web app. Without a runtime, the lifespan builds (and closes) its own."""
 
     @contextlib.asynccontextmanager
@@ -62,7 +82,7 @@ def create_app(
         finally:
             await own.close()
 
-    app = Starlette(
+    app = BridgeApp(
         routes=routes(),
         lifespan=lifespan,
         exception_handlers={InboundError: inbound_error_handler, HTTPException: not_found_handler},

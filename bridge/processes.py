@@ -145,6 +145,7 @@ async def run_all(
         runtime.start_background()
         if worker:
             await runtime.start_worker()
+        app: Starlette
         if web:
             from bridge.app import create_app  # the webhook routes: not loaded by a worker
 
