@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bridge.errors import QueueUnavailable
-from bridge.queue import arq_adapter, keys
+from bridge.queue import arq_adapter, ingest, keys
 from bridge.queue.ingest import Accepter, Incoming
 
 
@@ -64,3 +64,18 @@ async def test_script_cache_loss_is_survived(redis_client: Redis) -> None:
     await redis_client.script_flush()
     accepted = await accepter.accept(_incoming("after"))
     assert not accepted.duplicate
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_accepts_one_after_another_are_never_left_waiting(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    """A caller that arrives just as a flush loop ends must start or join one (with the loop
+    count dropped by a done callback instead, the second of two sequential accepts hung)."""
+    monkeypatch.setattr(ingest, "BATCHES_IN_FLIGHT", in_flight)
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    async with asyncio.timeout(5):  # awaited directly: wait_for's extra task would hide a hang
+        for i in range(20):
+            await accepter.accept(_incoming(f"seq-{in_flight}-{i}"))
+    concurrent = [accepter.accept(_incoming(f"par-{in_flight}-{i}")) for i in range(100)]
+    assert len(await asyncio.wait_for(asyncio.gather(*concurrent), timeout=10)) == 100

@@ -76,6 +76,9 @@ return out
 """
 
 MAX_BATCH = 512
+# Batches sent before the first is answered. With one, what arrives during a round trip waits for
+# it, then for its own; with two, it goes at once, and the server runs them back to back.
+BATCHES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,8 @@ class Accepter:
         self._wait_timeout_ms = wait_timeout_ms
         self._wait_local_fsync = wait_local_fsync
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
-        self._flushing = False
+        self._flushing = 0  # flush loops running (counted synchronously: see _flush_loop)
+        self._flushers: set[asyncio.Task[None]] = set()  # references, so none is collected
         self._counter = 0
 
     def _next_counter(self) -> int:
@@ -141,18 +145,23 @@ class Accepter:
         """Store one delivery; returns once it is durable. Raises QueueUnavailable."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending.append((incoming, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush_loop())
+        if self._flushing < BATCHES_IN_FLIGHT:
+            self._flushing += 1
+            flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _flush_loop(self) -> None:
+        # The count drops in the same step as the last look at `_pending` (no await between):
+        # a caller that finds the loops busy is always picked up by one of them. (A done
+        # callback would run later, and a delivery queued meanwhile would wait forever.)
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._flush(batch)
         finally:
-            self._flushing = False
+            self._flushing -= 1
 
     async def _flush(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
         try:
