@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bridge.mapping.registry import MappingRegistry
@@ -42,17 +42,23 @@ log = logging.getLogger("bridge.runtime")
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TTL_S = 15
 CLOSE_TIMEOUT_S = 10.0
+REDIS_CONNECTIONS = 32
 
 
-def make_redis(url: str, max_connections: int = 256) -> Redis:
-    client: Redis = Redis.from_url(
+def make_redis(url: str, max_connections: int = REDIS_CONNECTIONS) -> Redis:
+    """The process's Redis client. Its pool is bounded and *blocking*: past `max_connections`,
+    a command waits for a free connection (10 s at most) instead of opening another. 200 jobs
+    in flight then share a few dozen connections (fewer sockets and buffers, and measured
+    faster than a connection per job); ingest batches use one or two."""
+    pool = BlockingConnectionPool.from_url(
         url.replace("valkey://", "redis://").replace("valkeys://", "rediss://"),
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
         health_check_interval=15,
         max_connections=max_connections,
+        timeout=10,
     )
-    return client
+    return Redis(connection_pool=pool)
 
 
 class Runtime:
