@@ -58,7 +58,8 @@ def make_redis(url: str, max_connections: int = REDIS_CONNECTIONS) -> Redis:
         max_connections=max_connections,
         timeout=10,
     )
-    return Redis(connection_pool=pool)
+    client: Redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+    return client
 
 
 class Runtime:
