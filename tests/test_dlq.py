@@ -155,7 +155,6 @@ async def test_a_replay_sends_only_what_did_not_reach_the_upstream(redis_url: st
         pipe.sandbox.idempotency.clear()
         await pipe.redis.hset(keys.delivery(delivery_id), "status", "retrying")
         now_ms = int(time.time() * 1000)
-        await pipe.redis.set(arq_adapter.job_key(delivery_id), arq_adapter.job_record(delivery_id, now_ms))
         await pipe.redis.zadd(arq_adapter.QUEUE_KEY, {delivery_id: now_ms})
         await pipe.wait_status(delivery_id, "delivered")
         await until(queue_empty)

@@ -24,7 +24,7 @@ async def test_accept_stores_delivery_job_and_dedupe_record(redis_client: Redis)
     assert stored[b"body"] == b'{"a":1}'
     assert stored[b"status"] == b"queued"
     assert await redis_client.zscore(arq_adapter.QUEUE_KEY, accepted.delivery_id) is not None
-    assert await redis_client.exists(arq_adapter.job_key(accepted.delivery_id))
+    assert not await redis_client.exists(arq_adapter.job_key(accepted.delivery_id))  # no arq record
     assert await redis_client.get(keys.seen("m", "e1")) == accepted.delivery_id.encode()
     assert 0 < await redis_client.ttl(keys.seen("m", "e1")) <= 60
     assert 60 < await redis_client.ttl(keys.delivery(accepted.delivery_id)) <= 120

@@ -244,9 +244,8 @@ local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq')
 if not found[1] then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', ARGV[5] .. found[1], tonumber(found[2] or '0'), ARGV[1])
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('ZADD', ARGV[4] .. found[1], tonumber(found[2] or '0'), ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
 """
 
@@ -258,14 +257,8 @@ async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> boo
     racing the delivery of an earlier replay is either absorbed by it or refused, never lost."""
     now_ms = int(time.time() * 1000)
     done = await redis.register_script(REPLAY_SCRIPT)(
-        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.job_key(delivery_id), arq_adapter.QUEUE_KEY],
-        args=[
-            delivery_id,
-            retention_s,
-            arq_adapter.job_record(delivery_id, now_ms),
-            now_ms,
-            ordering.UNPLANNED,
-        ],
+        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.QUEUE_KEY],
+        args=[delivery_id, retention_s, now_ms, ordering.UNPLANNED],
     )
     return bool(done)
 

@@ -2,8 +2,9 @@
 
 One Lua script stores a whole batch; for each delivery it does, atomically: look up the dedupe
 record (a hit answers "duplicate" with the first delivery's id); otherwise write the delivery,
-the arq job and its queue entry, its place in arrival order (`seq`, and the mapping's
-"unplanned" set of `bridge.queue.ordering`), and only then the dedupe record. "Seen" is
+its entry in arq's queue (the job id is the delivery id; there is no job record), its place in
+arrival order (`seq`, and the mapping's "unplanned" set of `bridge.queue.ordering`), and only
+then the dedupe record. "Seen" is
 therefore never recorded without the work being stored, and both are written by the same
 command, so they are equally durable.
 
@@ -34,23 +35,23 @@ from bridge.errors import QueueUnavailable
 from bridge.queue import arq_adapter, crypto, keys, ordering
 
 # Stores a whole batch, each delivery as described above, in one command.
-# KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its arq
-# job, its mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when
-# stored in clear), the channel that wakes idle workers, then per delivery: mapping, provider,
-# event id, headers, body, arq job record, delivery id. Returns per delivery: 1, its id (stored)
-# or 0, the first delivery's id (duplicate).
+# KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its
+# mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when stored in
+# clear), the channel that wakes idle workers, then per delivery: mapping, provider, event id,
+# headers, body, delivery id. Returns per delivery: 1, its id (stored) or 0, the first
+# delivery's id (duplicate).
 ACCEPT_SCRIPT = """
 local retention, now, window, enc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 local stored = false
-for n = 0, (#KEYS - 2) / 4 - 1 do
-  local k, a = 2 + n * 4, 5 + n * 7
+for n = 0, (#KEYS - 2) / 3 - 1 do
+  local k, a = 2 + n * 3, 5 + n * 6
   local existing = redis.call('GET', KEYS[k + 1])
   if existing then
     out[#out + 1] = 0
     out[#out + 1] = existing
   else
-    local id = ARGV[a + 7]
+    local id = ARGV[a + 6]
     local seq = redis.call('INCR', KEYS[2])
     redis.call('HSET', KEYS[k + 2], 'mapping', ARGV[a + 1], 'provider', ARGV[a + 2],
       'event_id', ARGV[a + 3], 'received_at', now, 'headers', ARGV[a + 4], 'body', ARGV[a + 5],
@@ -59,10 +60,9 @@ for n = 0, (#KEYS - 2) / 4 - 1 do
       redis.call('HSET', KEYS[k + 2], 'enc', enc)
     end
     redis.call('EXPIRE', KEYS[k + 2], retention)
-    redis.call('SET', KEYS[k + 3], ARGV[a + 6], 'EX', retention)
     redis.call('ZADD', KEYS[1], now, id)
-    redis.call('ZADD', KEYS[k + 4], seq, id)
-    redis.call('EXPIRE', KEYS[k + 4], retention)
+    redis.call('ZADD', KEYS[k + 3], seq, id)
+    redis.call('EXPIRE', KEYS[k + 3], retention)
     redis.call('SET', KEYS[k + 1], id, 'EX', window)
     out[#out + 1] = 1
     out[#out + 1] = id
@@ -196,7 +196,6 @@ class Accepter:
             names += (
                 keys.seen(incoming.mapping, incoming.event_id),
                 keys.delivery(delivery_id),
-                arq_adapter.job_key(delivery_id),
                 ordering.unplanned_key(incoming.mapping),
             )
             args += (
@@ -204,7 +203,6 @@ class Accepter:
                 incoming.provider,
                 incoming.event_id,
                 *self._payload(incoming, delivery_id),
-                arq_adapter.job_record(delivery_id, now_ms),
                 delivery_id,
             )
         async with self._redis.pipeline(transaction=False) as pipe:

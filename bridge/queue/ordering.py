@@ -59,27 +59,30 @@ MIN_DEFER_S = 0.05
 
 # The start of one keyed command, in one round trip. KEYS: pending(K), K's lock, the delivery's
 # done hash, K's order value, K's link (entry id), then the unplanned sets of the link's mappings.
-# ARGV: seq, arq job key prefix, arq queue key, lock token, lease ms, command index.
-# Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms or false},
+# ARGV: seq, arq queue key, lock token, lease ms, command index.
+# Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms},
 # {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false} (lock now held).
+# A blocker is alive while its job is in the queue (claimed, due or deferred); one that is not
+# will never run again and is dropped from the set.
 BEGIN_SCRIPT = """
-if redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then return {0} end
+if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 1 then return {0} end
 local bound = '(' .. ARGV[1]
 local function first(set)
   while true do
     local found = redis.call('ZRANGEBYSCORE', set, '-inf', bound, 'LIMIT', 0, 1)[1]
     if not found then return nil end
-    if redis.call('EXISTS', ARGV[2] .. found) == 1 then return found end
+    local due = redis.call('ZSCORE', ARGV[2], found)
+    if due then return {1, found, due} end
     redis.call('ZREM', set, found)
   end
 end
 for i = 6, #KEYS do
   local found = first(KEYS[i])
-  if found then return {1, found, redis.call('ZSCORE', ARGV[3], found) or false} end
+  if found then return found end
 end
 local found = first(KEYS[1])
-if found then return {1, found, redis.call('ZSCORE', ARGV[3], found) or false} end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then
+if found then return found end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {2, redis.call('PTTL', KEYS[2])}
 end
 return {3, redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or false}
@@ -250,14 +253,7 @@ class Ordering:
             *(unplanned_key(m) for m in sorted(mappings)),
         ]
         token = uuid.uuid4().hex
-        args: list[str | int] = [
-            step.seq,
-            arq_adapter.job_key(""),
-            arq_adapter.QUEUE_KEY,
-            token,
-            self._lease_ms,
-            step.index,
-        ]
+        args: list[str | int] = [step.seq, arq_adapter.QUEUE_KEY, token, self._lease_ms, step.index]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
         while True:
