@@ -40,7 +40,7 @@ from bridge.queue.arq_adapter import JobFinished, Retry
 from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
-from bridge.queue.ordering import Ordering, Step
+from bridge.queue.ordering import Ordering, Registration, Step
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
 
@@ -173,18 +173,24 @@ class Deliverer:
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
             owed = [c for c in plan.commands if str(c.index) not in done]
-            record.registered = await self.ordering.register(
-                record.id,
-                record.mapping,
-                record.seq,
-                ((c.link, c.key) for c in owed if c.key is not None),
-                previous=record.registered,
-            )
+            records = [(c.link, c.key) for c in owed if c.key is not None]
+            pending: Registration | None = None
+            if owed and owed[0].key is not None:
+                # Joined in the first command's own first round trip (`Ordering.turn`).
+                pending = Registration.of(record.id, record.mapping, records, record.registered)
+                record.registered = pending.join
+            else:
+                record.registered = await self.ordering.register(
+                    record.id, record.mapping, record.seq, records, previous=record.registered
+                )
             last_index = {(c.link, c.key): c.index for c in owed if c.key is not None}
             finished = False
             for command in owed:
                 last = last_index.get((command.link, command.key)) == command.index
-                finished = await self._apply_once(record, command, last, finish=command is owed[-1])
+                finished = await self._apply_once(
+                    record, command, last, finish=command is owed[-1], registration=pending
+                )
+                pending = None
             command = None
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None)
@@ -283,7 +289,13 @@ class Deliverer:
     # -- one command, exactly once -------------------------------------------------------------
 
     async def _apply_once(
-        self, record: DeliveryRecord, command: LeadCommand, last_for_key: bool, *, finish: bool
+        self,
+        record: DeliveryRecord,
+        command: LeadCommand,
+        last_for_key: bool,
+        *,
+        finish: bool,
+        registration: Registration | None = None,
     ) -> bool:
         """Apply one command unless an earlier run did. With `finish` (the delivery's last
         command), a keyed command's end also marks the delivery delivered: returns True then."""
@@ -293,7 +305,7 @@ class Deliverer:
             self._count(record, command, outcome)
             return False
         step = Step(record.id, record.seq, command.link, command.key, command.index)
-        async with self.ordering.turn(step, self._link_group(record, command.link)) as turn:
+        async with self.ordering.turn(step, self._link_group(record, command.link), registration) as turn:
             if turn.done:
                 # An earlier run of this same job applied it (a crash, or a lease that ran out).
                 if last_for_key:

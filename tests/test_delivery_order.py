@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.queue import arq_adapter, keys
 from bridge.queue.ingest import Accepter, Incoming
-from bridge.queue.ordering import Ordering, OrderWait, Step, pending_key, unplanned_key
+from bridge.queue.ordering import Ordering, OrderWait, Registration, Step, pending_key, unplanned_key
 from bridge.runtime import Runtime
 from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID
 from tests import pipeline as pipelines
@@ -286,3 +286,20 @@ async def test_the_last_step_ended_with_finish_delivers_it_and_ends_its_job(redi
         assert await redis_client.zscore(name, "f") is None
     # ...and its arq job is done: out of the queue.
     assert await redis_client.zscore(arq_adapter.QUEUE_KEY, "f") is None
+
+
+async def test_a_turn_can_register_the_delivery_in_the_same_round_trip(redis_client: Redis) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    await _queued(redis_client, "r")
+    await redis_client.zadd(unplanned_key("m"), {"r": 4})
+    joined_before = await ordering.register("r", "m", 4, [("l", "old")])  # an earlier run's plan
+    await redis_client.zadd(unplanned_key("m"), {"r": 4})  # (as if its planning ran again)
+    registration = Registration.of("r", "m", [("l", "k1"), ("l", "k2")], joined_before)
+    async with ordering.turn(Step("r", 4, "l", "k1", 0), {"m"}, registration) as held:
+        assert not held.done
+        assert await redis_client.zscore(pending_key("l", "k1"), "r") == 4
+        assert await redis_client.zscore(pending_key("l", "k2"), "r") == 4
+        assert await redis_client.zscore(pending_key("l", "old"), "r") is None
+        assert await redis_client.zscore(unplanned_key("m"), "r") is None
+        stored = await redis_client.hget(keys.delivery("r"), "pending_keys")
+        assert orjson.loads(stored) == sorted([pending_key("l", "k1"), pending_key("l", "k2")])

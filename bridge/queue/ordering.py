@@ -57,14 +57,32 @@ WAIT_IN_JOB_S = 1.0  # poll this long inside the job before putting it back
 MAX_DEFER_S = 30.0  # look again at least this often while blocked
 MIN_DEFER_S = 0.05
 
-# The start of one keyed command, in one round trip. KEYS: pending(K), K's lock, the delivery's
-# done hash, K's order value, K's link (entry id), then the unplanned sets of the link's mappings.
-# ARGV: seq, arq queue key, lock token, lease ms, command index.
+# The start of one keyed command, in one round trip, optionally with the delivery's registration
+# (what `Ordering.register` does) first. KEYS: pending(K), K's lock, the delivery's done hash, K's
+# order value, K's link (entry id), the G unplanned sets of the link's mappings, then, when
+# registering, the delivery's hash, its mapping's unplanned set, the W sets to join and the L
+# sets to leave. ARGV: seq, arq queue key, lock token, lease ms, command index, G, W (-1: no
+# registration), L, the delivery's new `pending_keys` ('' when unchanged), delivery id, retention s.
 # Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms},
 # {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false} (lock now held).
 # A blocker is alive while its job is in the queue (claimed, due or deferred); one that is not
 # will never run again and is dropped from the set.
 BEGIN_SCRIPT = """
+local g, w, l = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if w >= 0 then
+  local r = 5 + g
+  for i = r + 3, r + 2 + w do
+    redis.call('ZADD', KEYS[i], ARGV[1], ARGV[10])
+    redis.call('EXPIRE', KEYS[i], ARGV[11])
+  end
+  for i = r + 3 + w, r + 2 + w + l do
+    redis.call('ZREM', KEYS[i], ARGV[10])
+  end
+  if ARGV[9] ~= '' then
+    redis.call('HSET', KEYS[r + 1], 'pending_keys', ARGV[9])
+  end
+  redis.call('ZREM', KEYS[r + 2], ARGV[10])
+end
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 1 then return {0} end
 local bound = '(' .. ARGV[1]
 local function first(set)
@@ -76,7 +94,7 @@ local function first(set)
     redis.call('ZREM', set, found)
   end
 end
-for i = 6, #KEYS do
+for i = 6, 5 + g do
   local found = first(KEYS[i])
   if found then return found end
 end
@@ -159,6 +177,26 @@ class Step:
         return keys.record(keys.ORDER, self.link, self.key)
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A delivery's place in the per-record lines after planning: the pending sets to join (its
+    plan's keys) and to leave (joined on an earlier run, no longer in its plan)."""
+
+    delivery_id: str
+    mapping: str
+    join: list[str]
+    leave: list[str]
+    changed: bool  # whether the delivery's `pending_keys` field must be rewritten
+
+    @classmethod
+    def of(
+        cls, delivery_id: str, mapping: str, records: Iterable[tuple[str, str]], previous: list[str]
+    ) -> Registration:
+        join = sorted({pending_key(link, key) for link, key in records})
+        leave = sorted(set(previous) - set(join))
+        return cls(delivery_id, mapping, join, leave, join != previous)
+
+
 @dataclass
 class Turn:
     """A step's turn: already done by an earlier run, or its lock held with what it needs to know."""
@@ -207,22 +245,22 @@ class Ordering:
         the sets it joined on an earlier run that its new plan no longer has, leave unplanned.
         `previous` is the delivery's `pending_keys` as loaded (read here when not given); returns
         the sets it is in now."""
-        wanted = sorted({pending_key(link, key) for link, key in records})
         delivery = keys.delivery(delivery_id)
         if previous is None:
             before = await cast(Awaitable[bytes | None], self._redis.hget(delivery, REGISTERED))
             previous = orjson.loads(before) if before else []
+        plan = Registration.of(delivery_id, mapping, records, previous)
         async with self._redis.pipeline(transaction=True) as pipe:
-            for name in wanted:
+            for name in plan.join:
                 pipe.zadd(name, {delivery_id: seq})
                 pipe.expire(name, self._retention_s)
-            for name in set(previous) - set(wanted):
+            for name in plan.leave:
                 pipe.zrem(name, delivery_id)
-            if wanted != previous:
-                pipe.hset(delivery, REGISTERED, orjson.dumps(wanted).decode())
+            if plan.changed:
+                pipe.hset(delivery, REGISTERED, orjson.dumps(plan.join).decode())
             pipe.zrem(unplanned_key(mapping), delivery_id)
             await pipe.execute()
-        return wanted
+        return plan.join
 
     async def leave_unplanned(self, delivery_id: str, mapping: str) -> None:
         """Planning failed and will be retried: stop holding up later deliveries meanwhile."""
@@ -239,25 +277,42 @@ class Ordering:
     # -- a step's turn ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def turn(self, step: Step, mappings: Collection[str]) -> AsyncIterator[Turn]:
+    async def turn(
+        self, step: Step, mappings: Collection[str], registration: Registration | None = None
+    ) -> AsyncIterator[Turn]:
         """Wait until no earlier delivery can still touch the step's record and take its lease
         lock (renewed in the background) for the block; one round trip when nothing is in the
         way. Yields a Turn with `done` set, and no lock, when an earlier run applied the step.
-        Raises OrderWait when the record stays busy for longer than the wait allowed in a job."""
-        names = [
-            step.pending,
-            step.lock,
-            keys.done(step.delivery_id),
-            step.order,
-            step.linked,
-            *(unplanned_key(m) for m in sorted(mappings)),
-        ]
+        Raises OrderWait when the record stays busy for longer than the wait allowed in a job.
+        With `registration`, the first look also does what `register` does (one round trip
+        instead of two), before anything else."""
+        group = [unplanned_key(m) for m in sorted(mappings)]
+        names = [step.pending, step.lock, keys.done(step.delivery_id), step.order, step.linked, *group]
         token = uuid.uuid4().hex
-        args: list[str | int] = [step.seq, arq_adapter.QUEUE_KEY, token, self._lease_ms, step.index]
+        common: list[str | int] = [
+            step.seq,
+            arq_adapter.QUEUE_KEY,
+            token,
+            self._lease_ms,
+            step.index,
+            len(group),
+        ]
+        args = [*common, -1, 0, "", step.delivery_id, self._retention_s]
+        first_names, first_args = names, args
+        if registration is not None:
+            r = registration
+            first_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
+            pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
+            first_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
+        looks = 0
         while True:
-            found = await self._begin(keys=names, args=args)
+            first = looks == 0
+            looks += 1
+            found = await self._begin(
+                keys=first_names if first else names, args=first_args if first else args
+            )
             kind = int(found[0])
             if kind == DONE:
                 yield Turn(step, token, done=True)
