@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +20,18 @@ from bridge.queue.embedded import EmbeddedValkey
 from bridge.queue.ingest import Accepter, Incoming
 from tests.pipeline import pipeline, sign
 from tests.servers import until
+
+
+def _worker(deliver: Any, redis: Redis, **options: Any) -> Any:
+    """A leadbridge arq worker running `deliver`, as `Runtime.start_worker` builds it."""
+    return arq_adapter.build_worker(
+        deliver=deliver,
+        redis_pool=arq_adapter.wrap_pool(redis),
+        on_startup=None,
+        ctx={},
+        job_timeout_s=5,
+        **options,
+    )
 
 
 @pytest.fixture
@@ -135,14 +148,7 @@ async def test_a_redis_error_while_claiming_a_job_gives_its_slot_back(tmp_path: 
         return "delivered"
 
     dead = Redis.from_url(f"unix://{tmp_path}/nothing-here.sock")
-    worker = arq_adapter.build_worker(
-        deliver=deliver,
-        redis_pool=arq_adapter.wrap_pool(dead),
-        on_startup=None,
-        ctx={},
-        max_jobs=2,
-        job_timeout_s=5,
-    )
+    worker = _worker(deliver, dead, max_jobs=2)
     try:
         for _ in range(5):  # five Redis blips in a row
             with pytest.raises(RedisError):
@@ -168,15 +174,7 @@ async def test_jobs_are_claimed_in_batches_up_to_the_free_slots(redis_client: Re
     await redis_client.zadd(arq_adapter.QUEUE_KEY, {i: now_ms - 1000 for i in ids})
     await redis_client.zadd(arq_adapter.QUEUE_KEY, {"batch-later": now_ms + 60_000})  # not due
     await redis_client.set(arq_adapter.in_progress_key("batch-0"), b"1")  # runs elsewhere
-    worker = arq_adapter.build_worker(
-        deliver=deliver,
-        redis_pool=arq_adapter.wrap_pool(redis_client),
-        on_startup=None,
-        ctx={},
-        max_jobs=3,
-        job_timeout_s=5,
-        job_lease_s=7,
-    )
+    worker = _worker(deliver, redis_client, max_jobs=3, job_lease_s=7)
     try:
         candidates = [i.encode() for i in [*ids, "batch-later"]]
         await asyncio.wait_for(worker.start_jobs(candidates), timeout=5)  # full: back to polling
@@ -213,14 +211,7 @@ async def test_a_job_ends_done_deferred_or_back_in_the_queue(redis_client: Redis
             raise raised
         return "delivered"
 
-    worker = arq_adapter.build_worker(
-        deliver=deliver,
-        redis_pool=arq_adapter.wrap_pool(redis_client),
-        on_startup=None,
-        ctx={},
-        max_jobs=4,
-        job_timeout_s=5,
-    )
+    worker = _worker(deliver, redis_client, max_jobs=4)
     now_ms = int(time.time() * 1000)
     for job_id in outcomes:
         await redis_client.zadd(arq_adapter.QUEUE_KEY, {job_id: now_ms})
@@ -251,14 +242,7 @@ async def test_a_cancelled_job_stays_queued_and_unclaimed(redis_client: Redis) -
         await asyncio.Event().wait()  # until cancelled
         return "never"
 
-    worker = arq_adapter.build_worker(
-        deliver=deliver,
-        redis_pool=arq_adapter.wrap_pool(redis_client),
-        on_startup=None,
-        ctx={},
-        max_jobs=1,
-        job_timeout_s=5,
-    )
+    worker = _worker(deliver, redis_client, max_jobs=1)
     now_ms = int(time.time() * 1000)
     await redis_client.zadd(arq_adapter.QUEUE_KEY, {"rj-cancel": now_ms})
     await redis_client.set(arq_adapter.in_progress_key("rj-cancel"), b"1")
@@ -281,15 +265,8 @@ async def test_an_idle_worker_is_woken_by_a_new_delivery_not_its_next_poll(redis
         picked.append(delivery_id)
         return "delivered"
 
-    worker = arq_adapter.build_worker(
-        deliver=deliver,
-        redis_pool=arq_adapter.wrap_pool(redis_client),
-        on_startup=None,
-        ctx={},
-        max_jobs=4,
-        job_timeout_s=5,
-        poll_delay_s=60.0,  # left alone, an idle worker would look again in a minute
-    )
+    # left alone, an idle worker would look again in a minute
+    worker = _worker(deliver, redis_client, max_jobs=4, poll_delay_s=60.0)
     worker.wake = asyncio.Event()
     listening = asyncio.create_task(wake.wake_on_publish(redis_client, worker.wake))
     running = asyncio.create_task(arq_adapter.run(worker))
