@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,3 +54,13 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, interval_s: float = 0.1) -> None:
+    """A slow client: send `data` one byte every `interval_s` (pacing, not synchronisation),
+    until it is all sent or the server closes the connection."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(interval_s)

@@ -13,7 +13,7 @@ from pathlib import Path
 from bridge.app import create_app
 from bridge.processes import Server, bind, server_config
 from tests.pipeline import Pipeline, pipeline
-from tests.servers import until
+from tests.servers import trickle, until
 
 
 @asynccontextmanager
@@ -83,14 +83,7 @@ async def test_a_silent_or_trickling_client_is_cut_off_at_the_header_timeout(
         head = _request(extra_headers=50)
         started = time.monotonic()
 
-        async def trickle() -> None:
-            with contextlib.suppress(ConnectionError):
-                for i in range(len(head)):
-                    writer.write(head[i : i + 1])
-                    await writer.drain()
-                    await asyncio.sleep(0.1)
-
-        sender = asyncio.create_task(trickle())
+        sender = asyncio.create_task(trickle(writer, head))
         try:
             async with asyncio.timeout(5):
                 answer = await reader.read()

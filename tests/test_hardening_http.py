@@ -16,7 +16,7 @@ from bridge.app import create_app
 from bridge.processes import Server, bind, server_config
 from bridge.settings import Settings
 from tests.pipeline import Pipeline, pipeline, sign
-from tests.servers import until
+from tests.servers import trickle, until
 
 ADMIN_TOKEN = "hardening-admin-token-c41a"
 ADMIN_ROUTES = [
@@ -55,14 +55,7 @@ async def test_a_trickled_body_is_cut_off_within_the_read_timeout(redis_url: str
         )
         started = time.monotonic()
 
-        async def trickle() -> None:  # one byte every 100 ms: the whole body would take ~10 s
-            with contextlib.suppress(ConnectionError):
-                for i in range(len(body)):
-                    writer.write(body[i : i + 1])
-                    await writer.drain()
-                    await asyncio.sleep(0.1)
-
-        sender = asyncio.create_task(trickle())
+        sender = asyncio.create_task(trickle(writer, body))  # the whole body would take ~10 s
         try:
             answer = await _read_until_closed(reader, timeout_s=5)
             elapsed = time.monotonic() - started

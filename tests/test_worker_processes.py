@@ -83,6 +83,31 @@ async def metrics(http: httpx.AsyncClient, base: str) -> str:
     return (await http.get(f"{base}/metrics")).text
 
 
+async def sigterm_mid_job(
+    setup: Setup, name: str, port: int, *, grace_s: float, latency_ms: int, email: str
+) -> tuple[Service, int, float]:
+    """Start `run` on `port`, send one webhook to an upstream slowed by `latency_ms`, SIGTERM the
+    process while the job is in flight; (the stopped service, its exit code, seconds it took)."""
+    base = f"http://127.0.0.1:{port}"
+    service = setup.service(name, BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=grace_s).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", service)
+        setup.set_faults(latency_ms=latency_ms)
+        assert (await send(setup.http, base, email)).status_code == 202
+
+        async def in_flight() -> bool:
+            return sample(await metrics(setup.http, base), "leadbridge_worker_jobs_in_flight") == 1
+
+        await until(in_flight, timeout_s=10)
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code = await asyncio.to_thread(service.wait, 15)
+        took = time.monotonic() - started
+    finally:
+        service.stop()
+    return service, code, took
+
+
 def inspect_queue(data_dir: Path) -> tuple[int, dict[str, str]]:
     """(queue depth, status by delivery id), read from the service's stopped embedded store."""
     import redis
@@ -101,24 +126,10 @@ def inspect_queue(data_dir: Path) -> tuple[int, dict[str, str]]:
 
 
 async def test_sigterm_lets_the_running_job_finish_within_the_grace_period(setup: Setup) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = setup.service("run", BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=6).start()
-    try:
-        await wait_ready(setup.http, f"{base}/readyz", service)
-        setup.set_faults(latency_ms=1500)  # a slow upstream: the job is mid-call at SIGTERM
-        assert (await send(setup.http, base, "slow@example.com")).status_code == 202
-
-        async def in_flight() -> bool:
-            return sample(await metrics(setup.http, base), "leadbridge_worker_jobs_in_flight") == 1
-
-        await until(in_flight, timeout_s=10)
-        started = time.monotonic()
-        service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        code = await asyncio.to_thread(service.wait, 15)
-        took = time.monotonic() - started
-    finally:
-        service.stop()
+    # a slow upstream: the job is mid-call at SIGTERM
+    service, code, took = await sigterm_mid_job(
+        setup, "run", free_port(), grace_s=6, latency_ms=1500, email="slow@example.com"
+    )
     assert code == 0, service.log_text()[-2000:]
     assert took < 6, f"shutdown took {took:.1f} s"
     assert setup.entries_by_email() == {"slow@example.com": 1}  # finished, not cut short
@@ -130,22 +141,9 @@ async def test_sigterm_lets_the_running_job_finish_within_the_grace_period(setup
 async def test_sigterm_past_the_grace_period_leaves_the_job_to_run_again(setup: Setup) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    service = setup.service("first", BRIDGE_PORT=port, BRIDGE_SHUTDOWN_GRACE_S=1).start()
-    try:
-        await wait_ready(setup.http, f"{base}/readyz", service)
-        setup.set_faults(latency_ms=4000)
-        assert (await send(setup.http, base, "cut@example.com")).status_code == 202
-
-        async def in_flight() -> bool:
-            return sample(await metrics(setup.http, base), "leadbridge_worker_jobs_in_flight") == 1
-
-        await until(in_flight, timeout_s=10)
-        started = time.monotonic()
-        service.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        code = await asyncio.to_thread(service.wait, 15)
-        took = time.monotonic() - started
-    finally:
-        service.stop()
+    service, code, took = await sigterm_mid_job(
+        setup, "first", port, grace_s=1, latency_ms=4000, email="cut@example.com"
+    )
     assert code == 0, service.log_text()[-2000:]
     assert took < 4, f"shutdown took {took:.1f} s"
     depth, statuses = inspect_queue(setup.tmp / "data")

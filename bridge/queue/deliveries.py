@@ -164,26 +164,17 @@ async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt,
     return record.attempts
 
 
-async def set_status(redis: Redis, delivery_id: str, status: Status) -> None:
+async def finish(redis: Redis, record: DeliveryRecord, status: Literal["delivered", "ignored"]) -> None:
+    """The delivery is finished: its status (a delivered replay leaves the DLQ and its reason),
+    and out of every ordering set it is in (`record.registered`), in one MULTI."""
+    key = keys.delivery(record.id)
     async with redis.pipeline(transaction=True) as pipe:
-        _status(pipe, delivery_id, status)
-        await pipe.execute()
-
-
-async def finish(redis: Redis, record: DeliveryRecord, status: Status) -> None:
-    """The delivery is finished (delivered, ignored): its status, and out of every ordering set
-    it is in (`record.registered`), in one MULTI."""
-    async with redis.pipeline(transaction=True) as pipe:
-        _status(pipe, record.id, status)
+        pipe.hset(key, "status", status)
+        if status == "delivered":
+            pipe.zrem(keys.DLQ, record.id)
+            pipe.hdel(key, "reason", "failed_command", "dead_at")
         ordering.leave_all(pipe, record.id, record.mapping, record.registered)
         await pipe.execute()
-
-
-def _status(pipe: Any, delivery_id: str, status: Status) -> None:
-    pipe.hset(keys.delivery(delivery_id), "status", status)
-    if status == "delivered":
-        pipe.zrem(keys.DLQ, delivery_id)
-        pipe.hdel(keys.delivery(delivery_id), "reason", "failed_command", "dead_at")
 
 
 async def dead_letter(

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -133,8 +133,7 @@ class Accepter:
         self._wait_timeout_ms = wait_timeout_ms
         self._wait_local_fsync = wait_local_fsync
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
-        self._flushing = 0  # flush loops running (counted synchronously: see _flush_loop)
-        self._flushers: set[asyncio.Task[None]] = set()  # references, so none is collected
+        self._flushers: set[asyncio.Task[None]] = set()  # the flush loops running (see _flush_loop)
         self._counter = 0
 
     def _next_counter(self) -> int:
@@ -145,23 +144,20 @@ class Accepter:
         """Store one delivery; returns once it is durable. Raises QueueUnavailable."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending.append((incoming, future))
-        if self._flushing < BATCHES_IN_FLIGHT:
-            self._flushing += 1
-            flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+        if len(self._flushers) < BATCHES_IN_FLIGHT:
+            self._flushers.add(asyncio.get_running_loop().create_task(self._flush_loop()))
         return await future
 
     async def _flush_loop(self) -> None:
-        # The count drops in the same step as the last look at `_pending` (no await between):
-        # a caller that finds the loops busy is always picked up by one of them. (A done
-        # callback would run later, and a delivery queued meanwhile would wait forever.)
+        # The loop leaves the set in the same step as its last look at `_pending` (no await
+        # between): a caller that finds the loops busy is always picked up by one of them. (A
+        # done callback would run later, and a delivery queued meanwhile would wait forever.)
         try:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._flush(batch)
         finally:
-            self._flushing -= 1
+            self._flushers.discard(cast(asyncio.Task[None], asyncio.current_task()))
 
     async def _flush(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
         try:

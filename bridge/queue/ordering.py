@@ -298,21 +298,17 @@ class Ordering:
             len(group),
         ]
         args = [*common, -1, 0, "", step.delivery_id, self._retention_s]
-        first_names, first_args = names, args
+        look_names, look_args = names, args  # what the next look sends
         if registration is not None:
             r = registration
-            first_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
+            look_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
             pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
-            first_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
+            look_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
-        looks = 0
         while True:
-            first = looks == 0
-            looks += 1
-            found = await self._begin(
-                keys=first_names if first else names, args=first_args if first else args
-            )
+            found = await self._begin(keys=look_names, args=look_args)
+            look_names, look_args = names, args  # registered by the first look
             kind = int(found[0])
             if kind == DONE:
                 yield Turn(step, token, done=True)
