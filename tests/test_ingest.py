@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bridge.errors import QueueUnavailable
-from bridge.queue import arq_adapter, ingest, keys
+from bridge.queue import arq_adapter, ingest, keys, ordering
 from bridge.queue.ingest import Accepter, Incoming
 
 
@@ -48,6 +48,31 @@ async def test_many_concurrent_accepts_are_all_stored(redis_client: Redis) -> No
     results = await asyncio.gather(*(accepter.accept(_incoming(f"e{i}")) for i in range(1500)))
     assert len({r.delivery_id for r in results}) == 1500
     assert await redis_client.zcard(arq_adapter.QUEUE_KEY) == 1500
+
+
+async def test_arrival_order_is_kept_across_batches_and_mappings(redis_client: Redis) -> None:
+    """Each stored delivery takes the next `seq`; each mapping's unplanned line holds its own
+    deliveries scored by seq; a duplicate takes none."""
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    events = [(f"e{i}", "ab"[i % 2]) for i in range(40)]
+    first = await asyncio.gather(*(accepter.accept(_incoming(e, m)) for e, m in events))
+    events += [(f"f{i}", "a") for i in range(10)]
+    again = await asyncio.gather(
+        accepter.accept(_incoming("e0", "a")), *(accepter.accept(_incoming(e, m)) for e, m in events[40:])
+    )
+    assert again[0].duplicate
+    assert again[0].delivery_id == first[0].delivery_id
+    ids = [r.delivery_id for r in (*first, *again[1:])]
+    seqs = [int(await redis_client.hget(keys.delivery(i), "seq") or 0) for i in ids]
+    assert sorted(seqs) == list(range(1, 51))
+    assert int(await redis_client.get(keys.SEQ) or 0) == 50
+    for mapping in "ab":
+        line = await redis_client.zrange(ordering.unplanned_key(mapping), 0, -1, withscores=True)
+        mine = [
+            (i.encode(), float(s)) for i, s, (_, m) in zip(ids, seqs, events, strict=True) if m == mapping
+        ]
+        assert line == sorted(mine, key=lambda item: item[1])
+        assert 60 < await redis_client.ttl(ordering.unplanned_key(mapping)) <= 120
 
 
 async def test_unreachable_queue_is_queue_unavailable() -> None:

@@ -39,20 +39,29 @@ from bridge.queue import arq_adapter, crypto, keys, ordering
 # mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when stored in
 # clear), the channel that wakes idle workers, then per delivery: mapping, provider, event id,
 # headers, body, delivery id. Returns per delivery: 1, its id (stored) or 0, the first
-# delivery's id (duplicate).
+# delivery's id (duplicate). Per batch, not per delivery: one MGET of the dedupe records (a
+# duplicate of an earlier delivery of the same batch is found in `first_in_batch`), the seq
+# counter read and written once, one ZADD to the queue, one ZADD + EXPIRE per mapping's line.
+# That halves the server's CPU per delivery (bench/: 26-30 against 36-53 us).
 ACCEPT_SCRIPT = """
 local retention, now, window, enc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local out = {}
-local stored = false
-for n = 0, (#KEYS - 2) / 3 - 1 do
+local count = (#KEYS - 2) / 3
+local seen = {}
+for n = 1, count do
+  seen[n] = KEYS[n * 3]
+end
+local found = redis.call('MGET', unpack(seen))
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first_in_batch, queued, unplanned, out = {}, {}, {}, {}
+for n = 0, count - 1 do
   local k, a = 2 + n * 3, 5 + n * 6
-  local existing = redis.call('GET', KEYS[k + 1])
+  local existing = found[n + 1] or first_in_batch[KEYS[k + 1]]
   if existing then
     out[#out + 1] = 0
     out[#out + 1] = existing
   else
     local id = ARGV[a + 6]
-    local seq = redis.call('INCR', KEYS[2])
+    seq = seq + 1
     redis.call('HSET', KEYS[k + 2], 'mapping', ARGV[a + 1], 'provider', ARGV[a + 2],
       'event_id', ARGV[a + 3], 'received_at', now, 'headers', ARGV[a + 4], 'body', ARGV[a + 5],
       'status', 'queued', 'seq', seq, 'attempts', 0)
@@ -60,16 +69,28 @@ for n = 0, (#KEYS - 2) / 3 - 1 do
       redis.call('HSET', KEYS[k + 2], 'enc', enc)
     end
     redis.call('EXPIRE', KEYS[k + 2], retention)
-    redis.call('ZADD', KEYS[1], now, id)
-    redis.call('ZADD', KEYS[k + 3], seq, id)
-    redis.call('EXPIRE', KEYS[k + 3], retention)
     redis.call('SET', KEYS[k + 1], id, 'EX', window)
+    first_in_batch[KEYS[k + 1]] = id
+    queued[#queued + 1] = now
+    queued[#queued + 1] = id
+    local line = unplanned[KEYS[k + 3]]
+    if not line then
+      line = {}
+      unplanned[KEYS[k + 3]] = line
+    end
+    line[#line + 1] = seq
+    line[#line + 1] = id
     out[#out + 1] = 1
     out[#out + 1] = id
-    stored = true
   end
 end
-if stored then
+if #queued > 0 then
+  redis.call('SET', KEYS[2], seq)
+  redis.call('ZADD', KEYS[1], unpack(queued))
+  for key, line in pairs(unplanned) do
+    redis.call('ZADD', key, unpack(line))
+    redis.call('EXPIRE', key, retention)
+  end
   redis.call('PUBLISH', ARGV[5], '1')
 end
 return out
