@@ -27,6 +27,7 @@ from bridge.metrics import Metrics
 from bridge.queue import arq_adapter, circuit, deliveries, keys, wake
 from bridge.queue.crypto import Keyring
 from bridge.queue.ingest import Accepter
+from bridge.queue.resp import packed_by_hiredis
 from bridge.ratelimit import RateLimiter
 from bridge.settings import Settings
 
@@ -58,6 +59,7 @@ def make_redis(url: str, max_connections: int = REDIS_CONNECTIONS) -> Redis:
         max_connections=max_connections,
         timeout=10,
     )
+    pool.connection_class = packed_by_hiredis(pool.connection_class)  # see bridge/queue/resp.py
     client: Redis = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return client
 
