@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from bridge.errors import InboundError, MethodNotAllowed, UnknownMapping
-from bridge.http.body import read_body
+from bridge.http.body import body_received, read_body
 from bridge.http.responses import JSONResponse, error_response
 from bridge.providers.base import InboundRequest, Provider, ProviderResponse
 from bridge.queue.ingest import Incoming
@@ -139,9 +139,8 @@ async def _post(runtime: Runtime, name: str, scope: Scope, receive: Receive) -> 
         provider = mapping.provider
         headers = _headers(scope)
         settings = runtime.settings
-        body = await read_body(
-            receive, headers.get("content-length"), settings.max_body_bytes, settings.read_timeout_s
-        )
+        timeout_s = None if body_received(scope) else settings.read_timeout_s
+        body = await read_body(receive, headers.get("content-length"), settings.max_body_bytes, timeout_s)
         inbound = _inbound(scope, headers, body, provider)
         provider.check_content_type(inbound)
         verified = provider.verify(inbound, runtime.clock())

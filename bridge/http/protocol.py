@@ -11,6 +11,9 @@ connects and sends nothing, or trickles its headers, holds a connection (and a s
 - at most `max_headers` headers and `max_head_bytes` of request line + headers: past either,
   a 400 and the connection closed (uvicorn's own answer to a request it cannot parse).
 
+It also marks a request whose body it holds whole before the app reads it (nearly every
+webhook: see `bridge.http.body`), so that reading it needs no timer.
+
 `bounded_protocol(...)` makes the class for uvicorn's `Config(http=...)`.
 """
 
@@ -20,6 +23,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bridge.http.body import mark_body_received
 
 
 class HeadTooLarge(Exception):
@@ -63,6 +68,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            mark_body_received(cycle.scope)  # type: ignore[arg-type]
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
