@@ -15,15 +15,25 @@ anything imports redis, httpx or uvicorn) keeps them out. RSS measured after imp
 - uvicorn imports its `--reload` supervisor on watchfiles (a Rust extension): ~0.7 MiB. leadbridge
   runs `uvicorn.Server` itself and never reloads; `skip("uvicorn.supervisors.watchfilesreload")`
   makes uvicorn pick its stat-based reloader class instead (never started either).
+- aiohttp (>= 3.10) builds two TLS contexts when `aiohttp.connector` is imported, each parsing the
+  system's CA store (~1 MiB each), besides the one the upstream client uses. `_AiohttpTls` runs
+  that module with its verified default set to `bridge.connect.tls.client_context()` (the
+  client's own context, so still verifying, against certifi's bundle), and without loading a CA
+  store into its unverified default, which verifies nothing.
 
 Nothing happens at import time; tests/test_imports.py checks each trim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
+import ssl
 import sys
 import types
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 DEFERRED = ("jwt",)
@@ -52,8 +62,52 @@ def skip(name: str) -> None:
     sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def _aiohttp_tls_defaults() -> Iterator[None]:
+    """While aiohttp.connector runs: its verified default is our client context, and its
+    unverified default loads no CA store."""
+    from bridge.connect.tls import client_context
+
+    verified = client_context()
+    create = ssl.create_default_context
+    ssl.create_default_context = lambda *args, **kwargs: verified
+    ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ssl.create_default_context = create
+        del ssl.SSLContext.set_default_verify_paths  # the method of _ssl._SSLContext again
+
+
+class _AiohttpTls(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `aiohttp.connector` as usual and runs it inside `_aiohttp_tls_defaults()`."""
+
+    NAME = "aiohttp.connector"
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.NAME:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        with _aiohttp_tls_defaults():
+            self._loader.exec_module(module)
+
+
 def apply() -> None:
     for name in DEFERRED:
         defer(name)
     for name in SKIPPED:
         skip(name)
+    if not any(isinstance(finder, _AiohttpTls) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AiohttpTls())

@@ -125,3 +125,24 @@ build_provider("hmac", {{"secret": "s" * 32}})
 """
     # the XML stack only for providers with XML bodies (Salesforce)
     assert loaded(code, [*modules, "defusedxml"]) == ["bridge.providers.generic_hmac"]
+
+
+def test_aiohttp_verifies_with_the_client_context_and_ssl_is_left_as_it_was() -> None:
+    code = """
+import ssl
+from bridge import imports
+imports.apply()
+import aiohttp.connector as connector
+from bridge.connect.client import build_http_client
+from bridge.connect.tls import client_context
+verified, unverified = connector._SSL_CONTEXT_VERIFIED, connector._SSL_CONTEXT_UNVERIFIED
+client = build_http_client(timeout_s=1, max_connections=1)
+transport = client._transport
+print(verified is client_context() is transport.ssl_context,
+      verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname,
+      verified.cert_store_stats()["x509_ca"] > 100,
+      unverified.verify_mode == ssl.CERT_NONE, unverified.cert_store_stats()["x509_ca"],
+      "set_default_verify_paths" in ssl.SSLContext.__dict__,
+      ssl.create_default_context().cert_store_stats()["x509_ca"] > 0)
+"""
+    assert python(code).split() == ["True", "True", "True", "True", "0", "False", "True"]

@@ -37,7 +37,9 @@ def build_http_client(
     if transport is None and pool == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        transport = AiohttpTransport(limits=limits, trust_env=False)
+        from bridge.connect.tls import client_context
+
+        transport = AiohttpTransport(verify=client_context(), limits=limits, trust_env=False)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
         limits=limits,
