@@ -4,6 +4,9 @@ Each builds its resources, serves until SIGINT/SIGTERM, then shuts down: at the 
 taking webhooks (uvicorn drains in-flight requests) and stop taking jobs (running ones get to
 finish), both within BRIDGE_SHUTDOWN_GRACE_S; then close the pools, and last stop the embedded
 Valkey server if this process started it.
+
+The web app and the sandbox run on uvicorn (bridge/http/server.py); `worker` serves its probes
+with bridge/http/probe.py on plain asyncio, and never imports uvicorn or Starlette.
 """
 
 from __future__ import annotations
@@ -15,17 +18,11 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Route
+from typing import Any, Protocol
 
 from bridge.errors import ConfigError
-from bridge.http import health
-from bridge.http.protocol import bounded_protocol
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 
@@ -38,35 +35,13 @@ class Upstream:
     api_key: str
 
 
-class Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: the process handles SIGINT/SIGTERM once,
-    for every server it runs, and then shuts them down in order."""
+class Serving(Protocol):
+    """A server `_serve_until_signal` runs: uvicorn's (bridge/http/server.py) or the worker's
+    probe server (bridge/http/probe.py). Setting `should_exit` stops it accepting at once."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    should_exit: bool
 
-
-def server_config(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Config:
-    """uvicorn's settings for every server we run (the bounds are in docs/security.md)."""
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        http=bounded_protocol(settings.header_timeout_s, settings.max_headers, settings.max_header_bytes),
-        # Connections + requests in progress beyond this bound are answered 503 by uvicorn.
-        limit_concurrency=settings.max_concurrent_requests,
-        timeout_keep_alive=settings.keep_alive_timeout_s,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-        server_header=False,
-    )
-
-
-def _server(app: Starlette, host: str, port: int, settings: Settings) -> uvicorn.Server:
-    return Server(server_config(app, host, port, settings))
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None: ...
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -87,10 +62,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _serve_until_signal(
-    servers: list[tuple[uvicorn.Server, socket.socket]],
+    servers: list[tuple[Serving, socket.socket]],
     on_stop: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run uvicorn servers until SIGINT/SIGTERM (handled here, once, for all of them); then
+    """Run servers until SIGINT/SIGTERM (handled here, once, for all of them); then
     shut them down and run `on_stop` (the worker's drain) at the same time, so that the whole
     shutdown fits in one BRIDGE_SHUTDOWN_GRACE_S."""
     stop = asyncio.Event()
@@ -127,12 +102,13 @@ async def run_all(
     banner: bool = False,
 ) -> None:
     """`run` (web + worker [+ sandbox]), `serve` (web) or `worker` (worker + probe server)."""
-    servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    servers: list[tuple[Serving, socket.socket]] = []
     if sandbox_port is not None:
+        from bridge.http.server import web_server
         from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
 
         sock = bind(settings.host, sandbox_port)
-        sandbox = _server(create_sandbox_app(DEMO_API_KEY), settings.host, sandbox_port, settings)
+        sandbox = web_server(create_sandbox_app(DEMO_API_KEY), settings.host, sandbox_port, settings)
         upstream = Upstream(f"http://{settings.host}:{sock.getsockname()[1]}", DEMO_API_KEY)
         servers.append((sandbox, sock))
     runtime = Runtime(
@@ -146,16 +122,19 @@ async def run_all(
         runtime.start_background()
         if worker:
             await runtime.start_worker()
-        app: Starlette
+        port = settings.port if web else settings.worker_probe_port
+        server: Serving
         if web:
             from bridge.app import create_app  # the webhook routes: not loaded by a worker
+            from bridge.http.server import web_server
 
-            app = create_app(settings, runtime=runtime)
+            server = web_server(create_app(settings, runtime=runtime), settings.host, port, settings)
         else:
-            app = probe_app(runtime)
-        port = settings.port if web else settings.worker_probe_port
+            from bridge.http.probe import probe_server  # no uvicorn, Starlette or anyio
+
+            server = probe_server(runtime, settings)
         sock = bind(settings.host, port)
-        servers.append((_server(app, settings.host, port, settings), sock))
+        servers.append((server, sock))
         if banner:
             _print_banner(f"http://{settings.host}:{sock.getsockname()[1]}", runtime, upstream)
         # Everything built so far (modules, mappings, pydantic schemas) lives as long as the
@@ -165,19 +144,6 @@ async def run_all(
         await _serve_until_signal(servers, on_stop=runtime.stop_worker if worker else None)
     finally:
         await runtime.close()
-
-
-def probe_app(runtime: Runtime) -> Starlette:
-    """The worker's small probe server: /healthz, /readyz, /metrics."""
-    app = Starlette(
-        routes=[
-            Route("/healthz", health.healthz),
-            Route("/readyz", health.readyz),
-            Route("/metrics", health.metrics),
-        ]
-    )
-    app.state.runtime = runtime
-    return app
 
 
 def _print_banner(base: str, runtime: Runtime, upstream: Upstream | None) -> None:

@@ -1,4 +1,5 @@
-"""Test helpers: serve an ASGI app with uvicorn on a loopback port, and poll with a deadline."""
+"""Test helpers: serve an ASGI app with uvicorn on a loopback port, poll with a deadline, and talk
+raw HTTP/1.1 to a server (prompt, trickling or silent clients)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from bridge.processes import Server
+from bridge.http.server import Server
 
 T = TypeVar("T")
 
@@ -64,3 +65,48 @@ async def trickle(writer: asyncio.StreamWriter, data: bytes, interval_s: float =
             writer.write(data[i : i + 1])
             await writer.drain()
             await asyncio.sleep(interval_s)
+
+
+async def read_until_closed(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    data = b""
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(65536):
+                data += chunk
+    return data
+
+
+async def exchange(host: str, port: int, request: bytes, timeout_s: float = 5.0) -> bytes:
+    """Send `request` on a new connection; what comes back until the server closes it."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await read_until_closed(reader, timeout_s)
+    finally:
+        writer.close()
+
+
+async def trickled(host: str, port: int, data: bytes, *, first: bytes = b"", timeout_s: float = 5.0) -> bytes:
+    """A slow client: send `first` at once, then `data` a byte at a time (`trickle`); what comes
+    back until the server closes the connection."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(first)
+    sender = asyncio.create_task(trickle(writer, data))
+    try:
+        return await read_until_closed(reader, timeout_s)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        writer.close()
+
+
+def healthz_head(extra_headers: int = 0, header_bytes: int = 0) -> bytes:
+    """A `GET /healthz` request head with `extra_headers` more headers and one of `header_bytes`."""
+    lines = [b"GET /healthz HTTP/1.1", b"Host: bridge", b"Connection: close"]
+    lines += [b"X-H%d: v" % i for i in range(extra_headers)]
+    if header_bytes:
+        lines.append(b"X-Big: " + b"a" * header_bytes)
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -4,7 +4,6 @@ keep-alive connections are closed, deep JSON is refused, and the admin routes ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,10 +12,11 @@ from pathlib import Path
 import orjson
 
 from bridge.app import create_app
-from bridge.processes import Server, bind, server_config
+from bridge.http.server import Server, server_config
+from bridge.processes import bind
 from bridge.settings import Settings
 from tests.pipeline import Pipeline, pipeline, sign
-from tests.servers import trickle, until
+from tests.servers import exchange, read_until_closed, trickled, until
 
 ADMIN_TOKEN = "hardening-admin-token-c41a"
 ADMIN_ROUTES = [
@@ -33,37 +33,20 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _read_until_closed(reader: asyncio.StreamReader, timeout_s: float) -> bytes:
-    data = b""
-    with contextlib.suppress(ConnectionError):
-        async with asyncio.timeout(timeout_s):
-            while chunk := await reader.read(65536):
-                data += chunk
-    return data
-
-
 # -- slow clients ------------------------------------------------------------------------------------
 
 
 async def test_a_trickled_body_is_cut_off_within_the_read_timeout(redis_url: str, tmp_path: Path) -> None:
     async with pipeline(redis_url, tmp_path / "mappings", worker=False, BRIDGE_READ_TIMEOUT_S=1) as pipe:
-        reader, writer = await asyncio.open_connection(*_host_port(pipe.url))
         body = orjson.dumps({"type": "contact.submitted", "data": {"email": "slow@example.com"}}) * 2
-        writer.write(
+        head = (
             b"POST /hooks/contact HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
         )
         started = time.monotonic()
-
-        sender = asyncio.create_task(trickle(writer, body))  # the whole body would take ~10 s
-        try:
-            answer = await _read_until_closed(reader, timeout_s=5)
-            elapsed = time.monotonic() - started
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-            writer.close()
+        # the whole body would take ~10 s
+        answer = await trickled(*_host_port(pipe.url), body, first=head, timeout_s=5)
+        elapsed = time.monotonic() - started
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:80]
         assert b"connection: close" in answer.lower() or answer == b""
         assert 0.9 <= elapsed < 4.5, elapsed  # cut off at ~1 s (slack for a loaded machine), then closed
@@ -87,13 +70,9 @@ async def served(settings: Settings, pipe: Pipeline) -> AsyncIterator[tuple[str,
 
 
 async def _get(host: str, port: int, path: str = "/healthz") -> bytes:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    try:
-        return await _read_until_closed(reader, timeout_s=5)
-    finally:
-        writer.close()
+    return await exchange(
+        host, port, f"GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n".encode()
+    )
 
 
 def test_the_uvicorn_settings_come_from_the_environment() -> None:
@@ -131,7 +110,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(
             await writer.drain()
             assert (await reader.readline()).startswith(b"HTTP/1.1 200")
             started = time.monotonic()
-            await _read_until_closed(reader, timeout_s=5)  # the rest of the answer, then EOF
+            await read_until_closed(reader, timeout_s=5)  # the rest of the answer, then EOF
             elapsed = time.monotonic() - started
             writer.close()
             assert 0.5 <= elapsed < 4.5, elapsed

@@ -12,7 +12,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from bridge.errors import RequestTimeout
 from bridge.http.body import body_received, read_body
-from bridge.processes import Server, bind, server_config
+from bridge.http.server import Server, server_config
+from bridge.processes import bind
 from bridge.settings import Settings
 from tests.servers import until
 

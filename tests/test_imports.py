@@ -21,30 +21,41 @@ REPO = Path(__file__).resolve().parent.parent
 NEVER = ["schemathesis", "hypothesis", "pytest", "rich", "pygments", "watchfiles", "bridge.sandbox"]
 # cryptography's bindings (AES-GCM, X.509 via PyJWT): only with BRIDGE_ENCRYPTION_KEYS set
 CRYPTO = ["cryptography.hazmat.bindings._rust", "jwt.api_jwt", "jwt.algorithms"]
-WORKER_SIDE = ["httpx", "bridge.connect.client", "bridge.worker"]
-WEB_SIDE = ["bridge.app", "bridge.http.hooks", "bridge.http.admin", "bridge.http.openapi"]
+WORKER_SIDE = ["httpx", "bridge.connect.client", "bridge.worker", "bridge.http.probe"]
+WEB_SIDE = [
+    "bridge.app",
+    "bridge.http.hooks",
+    "bridge.http.admin",
+    "bridge.http.openapi",
+    "bridge.http.health",
+]
+# the web server stack: the worker answers its probes on plain asyncio (bridge/http/probe.py)
+WEB_SERVER = ["uvicorn", "starlette", "anyio"]
 
 SETUP = """
 import sys
 from pathlib import Path
 from bridge import imports
 imports.apply()
-from bridge.processes import probe_app, run_all
+from bridge.processes import run_all
 from bridge.runtime import Runtime
 from bridge.settings import load_settings
 settings = load_settings()
 runtime = Runtime(settings, redis_url="redis://127.0.0.1:1", environ={})
 """
 
+# What run_all(web=True) imports.
 SERVE = f"""{SETUP}
 from bridge.app import create_app
-create_app(settings, runtime=runtime)
+from bridge.http.server import web_server
+web_server(create_app(settings, runtime=runtime), "127.0.0.1", 0, settings)
 """
 
 # What Runtime.start_worker() and run_all(worker=True) import, without connecting anywhere.
 WORKER = f"""{SETUP}
 import bridge.connect.client, bridge.connect.tables, bridge.queue.circuit, bridge.worker
-probe_app(runtime)
+from bridge.http.probe import probe_server
+probe_server(runtime, settings)
 """
 
 
@@ -67,8 +78,13 @@ def loaded(code: str, names: list[str]) -> list[str]:
 @pytest.mark.parametrize(
     ("role", "code", "absent", "present"),
     [
-        ("serve", SERVE, NEVER + CRYPTO + WORKER_SIDE, ["bridge.app", "bridge.http.hooks", "uvicorn"]),
-        ("worker", WORKER, NEVER + CRYPTO + WEB_SIDE, ["httpx", "bridge.worker", "arq.worker"]),
+        ("serve", SERVE, NEVER + CRYPTO + WORKER_SIDE, ["bridge.app", "bridge.http.hooks", *WEB_SERVER]),
+        (
+            "worker",
+            WORKER,
+            NEVER + CRYPTO + WEB_SIDE + WEB_SERVER,
+            ["httpx", "bridge.worker", "arq.worker", "bridge.http.probe"],
+        ),
     ],
 )
 def test_each_role_imports_only_its_side(role: str, code: str, absent: list[str], present: list[str]) -> None:

@@ -1,14 +1,14 @@
-"""`/healthz` (the process is alive), `/readyz` (queue reachable, mappings loaded), `/metrics`."""
+"""`/healthz` (the process is alive), `/readyz` (queue reachable, mappings loaded), `/metrics`:
+the web app's routes over bridge/http/checks.py (the worker answers them in bridge/http/probe.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bridge.http import checks
 from bridge.http.responses import JSONResponse
 
 if TYPE_CHECKING:
@@ -16,26 +16,15 @@ if TYPE_CHECKING:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(checks.ALIVE)
 
 
 async def readyz(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    checks: dict[str, object] = {"mappings": len(runtime.mappings.current.names)}
-    try:
-        await runtime.redis.ping()
-        checks["queue"] = "ok"
-    except (RedisError, OSError):
-        checks["queue"] = "unreachable"
-    workers = await runtime.worker_heartbeats()
-    checks["workers"] = workers
-    ready = checks["queue"] == "ok" and len(runtime.mappings.current.names) > 0
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503
-    )
+    status, body = await checks.readiness(runtime)
+    return JSONResponse(body, status_code=status)
 
 
 async def metrics(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    await runtime.refresh_gauges()
-    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await checks.metrics_page(runtime), media_type=checks.METRICS_CONTENT_TYPE)
