@@ -341,6 +341,9 @@ async def test_leadbridge_worker_serves_its_probes_and_stops_on_sigterm(
             metrics = await http.get(f"{base}/metrics")
             assert metrics.headers["content-type"].startswith("text/plain")
             assert "leadbridge_worker_heartbeat" in metrics.text
+            # asyncio's own loop: uvloop buys a worker no speed (bridge/cli.py run_event_loop)
+            maps = Path(f"/proc/{worker.proc.pid}/maps").read_text()  # type: ignore[union-attr]
+            assert "uvloop" not in maps
             worker.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             assert await asyncio.to_thread(worker.wait, 15) == 0, worker.log_text()[-2000:]
             with pytest.raises(httpx.ConnectError):
