@@ -33,7 +33,8 @@ from redis.exceptions import RedisError
 
 from bridge.connect.tables import TableCache
 from bridge.errors import Deferred, DeliveryError, InboundError, MappingError, UpstreamError, WaitForLink
-from bridge.mapping.commands import LeadCommand
+from bridge.mapping.commands import LeadCommand, Plan
+from bridge.mapping.compiled import CompiledMapping
 from bridge.metrics import Metrics
 from bridge.queue import deliveries, keys
 from bridge.queue.arq_adapter import JobFinished, Retry
@@ -150,6 +151,16 @@ class Deliverer:
         )
         return Retry(defer=self.rng.uniform(*QUEUE_DOWN_DEFER_S))
 
+    async def _plan(self, record: DeliveryRecord, mapping: CompiledMapping) -> Plan:
+        """Parse the stored body again and plan it. Then the body, its headers and the parsed
+        payload are let go: a delivery waits on the upstream with its commands only (what 200
+        deliveries in flight hold; the stored copy stays in Redis)."""
+        payload = mapping.provider.reparse(record.body, record.headers)
+        record.body, record.headers = b"", {}
+        return await mapping.plan(
+            payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery
+        )
+
     async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
         mapping = self.mappings.get(record.mapping)
         if mapping is None:
@@ -158,11 +169,8 @@ class Deliverer:
             return await self._dead(record, f"stored payload cannot be read: {record.payload_error}", None)
         command: LeadCommand | None = None
         try:
-            payload = mapping.provider.reparse(record.body, record.headers)
             try:
-                plan = await mapping.plan(
-                    payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery
-                )
+                plan = await self._plan(record, mapping)
             except DeliveryError as exc:
                 if exc.retryable:
                     await self.ordering.leave_unplanned(record.id, record.mapping)
@@ -183,7 +191,9 @@ class Deliverer:
                 record.registered = await self.ordering.register(
                     record.id, record.mapping, record.seq, records, previous=record.registered
                 )
-            last_index = {(c.link, c.key): c.index for c in owed if c.key is not None}
+            last_index: dict[tuple[str, str | None], int] = {
+                (c.link, c.key): c.index for c in owed if c.key is not None
+            }
             finished = False
             for command in owed:
                 last = last_index.get((command.link, command.key)) == command.index
