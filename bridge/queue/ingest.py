@@ -42,7 +42,8 @@ from bridge.queue import arq_adapter, crypto, keys, ordering
 # delivery's id (duplicate). Per batch, not per delivery: one MGET of the dedupe records (a
 # duplicate of an earlier delivery of the same batch is found in `first_in_batch`), the seq
 # counter read and written once, one ZADD to the queue, one ZADD + EXPIRE per mapping's line.
-# That halves the server's CPU per delivery (bench/: 26-30 against 36-53 us).
+# That cuts the server's CPU per delivery by about a third (bench/accept_bench.py: 26-30 us
+# against 36-53 us).
 ACCEPT_SCRIPT = """
 local retention, now, window, enc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count = (#KEYS - 2) / 3
