@@ -19,6 +19,7 @@ from bridge.providers.registry import MODULES
 REPO = Path(__file__).resolve().parent.parent
 
 NEVER = ["schemathesis", "hypothesis", "pytest", "rich", "pygments", "watchfiles", "bridge.sandbox"]
+NEVER += ["difflib"]  # only to suggest a key in a mapping error
 # cryptography's bindings (AES-GCM, X.509 via PyJWT): only with BRIDGE_ENCRYPTION_KEYS set
 CRYPTO = ["cryptography.hazmat.bindings._rust", "jwt.api_jwt", "jwt.algorithms"]
 WORKER_SIDE = ["httpx", "bridge.connect.client", "bridge.worker", "bridge.http.probe"]

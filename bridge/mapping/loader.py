@@ -11,7 +11,6 @@ and warnings without raising (for the `validate` command); `load_mappings` raise
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +230,8 @@ def _message(error: Any, hints: set[str]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(error["loc"][-1]) if error["loc"] else "?"
+        import difflib  # only for a mapping with an error: not loaded by a running process
+
         close = difflib.get_close_matches(key, sorted(hints), n=1, cutoff=0.7)
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
