@@ -169,6 +169,7 @@ class Runtime:
             max_jobs=self.settings.worker_concurrency,
             job_timeout_s=self.settings.job_timeout_s,
             job_lease_s=self.settings.job_lease_s,
+            preload=deliveries.PRELOAD,
         )
         loop = asyncio.get_running_loop()
         self._worker.wake = asyncio.Event()

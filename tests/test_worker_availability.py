@@ -198,6 +198,32 @@ async def test_jobs_are_claimed_in_batches_up_to_the_free_slots(redis_client: Re
         await redis_client.zrem(arq_adapter.QUEUE_KEY, *ids, "batch-later")
 
 
+async def test_a_claim_reads_the_hashes_its_job_starts_with(redis_client: Redis) -> None:
+    """With `preload`, the claim reads prefix + job id for each prefix (empty when missing) in
+    its own round trip, and the job function receives them."""
+    got: dict[str, object] = {}
+
+    async def deliver(ctx: dict[str, object], delivery_id: str, preloaded: object = None) -> str:
+        got[delivery_id] = preloaded
+        return "delivered"
+
+    now_ms = int(time.time() * 1000)
+    await redis_client.zadd(arq_adapter.QUEUE_KEY, {"pre-1": now_ms - 1000, "pre-2": now_ms - 1000})
+    await redis_client.hset("pre:a:pre-1", mapping={"mapping": "m", "seq": "7"})
+    await redis_client.hset("pre:b:pre-1", mapping={"0": "entry-1"})
+    worker = _worker(deliver, redis_client, max_jobs=4, preload=("pre:a:", "pre:b:"))
+    try:
+        await asyncio.wait_for(worker.start_jobs([b"pre-1", b"pre-2"]), timeout=5)
+        await until(lambda: len(got) == 2, timeout_s=5)
+        assert got["pre-1"] == [{b"mapping": b"m", b"seq": b"7"}, {b"0": b"entry-1"}]
+        assert got["pre-2"] == [{}, {}]
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await redis_client.delete("pre:a:pre-1", "pre:b:pre-1")
+        await redis_client.zrem(arq_adapter.QUEUE_KEY, "pre-1", "pre-2")
+
+
 async def test_a_job_ends_done_deferred_or_back_in_the_queue(redis_client: Redis) -> None:
     outcomes: dict[str, BaseException | None] = {
         "rj-done": None,

@@ -96,21 +96,32 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 # Claim many jobs in one round trip: for each id, due and not running anywhere, set its
-# in-progress key (the lease). KEYS[1]: the queue. ARGV: in-progress key prefix, now ms, lease ms,
-# then the ids. Returns, per id, its score (claimed) or false (running, finished or not due).
+# in-progress key (the lease) and read the hashes the job starts with. KEYS[1]: the queue. ARGV:
+# in-progress key prefix, now ms, lease ms, the number N of hash prefixes to read, those N
+# prefixes, then the ids. Returns, per id, false (running, finished or not due) or its score
+# followed by the N hashes (flat field/value lists) of prefix .. id.
 CLAIM_SCRIPT = """
+local prefixes = tonumber(ARGV[4])
+local first = 5 + prefixes
 local out = {}
-for i = 4, #ARGV do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+for i = first, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= tonumber(ARGV[2])
-     and redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[3]) then
-    out[i - 3] = score
+     and redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[3]) then
+    local claimed = {score}
+    for p = 1, prefixes do
+      claimed[p + 1] = redis.call('HGETALL', ARGV[4 + p] .. id)
+    end
+    out[i - first + 1] = claimed
   else
-    out[i - 3] = false
+    out[i - first + 1] = false
   end
 end
 return out
 """
+
+Preloaded = list[dict[bytes, bytes]]  # the hashes a claim read for its job (`preload`)
 
 
 class _Worker(Worker):
@@ -120,6 +131,9 @@ class _Worker(Worker):
     _claim_script: Any = None
     # Set when new jobs were queued (`wake_on_publish`): an idle poll loop looks at once.
     wake: asyncio.Event | None = None
+    # Key prefixes of the hashes a job starts by reading (its id appended): read by the claim,
+    # in the same round trip, and handed to the job function as `preloaded`.
+    preload: tuple[str, ...] = ()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one round trip per batch
@@ -140,21 +154,21 @@ class _Worker(Worker):
             batch, waiting = waiting[:room], waiting[room:]
             self.job_counter += room
             try:
-                scores = await self._claim(batch)
+                claims = await self._claim(batch)
             except BaseException:
                 for _ in batch:
                     self._release_sem_dec_counter_on_complete()
                 raise
-            for job_id, score in zip(batch, scores, strict=True):
-                if score is None:  # running elsewhere, finished, or re-deferred meanwhile
+            for job_id, claim in zip(batch, claims, strict=True):
+                if claim is None:  # running elsewhere, finished, or re-deferred meanwhile
                     self._release_sem_dec_counter_on_complete()
                     continue
-                task = self.loop.create_task(self.run_job(job_id, score))
+                task = self.loop.create_task(self.run_job(job_id, *claim))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
                 self.started_in_poll += 1
 
-    async def run_job(self, job_id: str, score: int) -> None:
+    async def run_job(self, job_id: str, score: int, preloaded: Preloaded | None = None) -> None:
         """arq's `run_job` for our one function, in one round trip instead of two.
 
         arq first reads the job record and bumps a try counter (a MULTI), then runs the
@@ -164,12 +178,16 @@ class _Worker(Worker):
         finish: done -> the job leaves the queue; `Retry(defer)` -> it comes back then;
         cancelled (a drain) -> it stays queued and runs again. An exception that escapes the
         Deliverer (it turns every failure into a decision, so this is a bug) is logged and the
-        job comes back in a minute rather than being dropped.
+        job comes back in a minute rather than being dropped. `preloaded`: the hashes the claim
+        read for it (`preload`), passed on to the function.
         """
         deliver = self.functions[DELIVER_FUNCTION].coroutine
         incr_score: int | None = None
         try:
-            if isinstance(await deliver(self.ctx, job_id), JobFinished):
+            outcome = await (
+                deliver(self.ctx, job_id, preloaded) if self.preload else deliver(self.ctx, job_id)
+            )
+            if isinstance(outcome, JobFinished):
                 return
         except Retry as exc:
             incr_score = (exc.defer_score or 0) + (timestamp_ms() - score)
@@ -197,14 +215,18 @@ class _Worker(Worker):
         task = self.tasks.get(job_id)
         return task is not None and not task.done()
 
-    async def _claim(self, job_ids: list[str]) -> list[int | None]:
+    async def _claim(self, job_ids: list[str]) -> list[tuple[int, Preloaded] | None]:
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM_SCRIPT)
         lease_ms = int(self.in_progress_timeout_s * 1000)
-        raw = await self._claim_script(
-            keys=[self.queue_name], args=[in_progress_key_prefix, timestamp_ms(), lease_ms, *job_ids]
-        )
-        return [int(float(score)) if score else None for score in raw]
+        args = [in_progress_key_prefix, timestamp_ms(), lease_ms, len(self.preload), *self.preload, *job_ids]
+        raw = await self._claim_script(keys=[self.queue_name], args=args)
+        return [_claimed(item) if item else None for item in raw]
+
+
+def _claimed(item: list[Any]) -> tuple[int, Preloaded]:
+    score, *hashes = item
+    return int(float(score)), [dict(zip(flat[::2], flat[1::2], strict=True)) for flat in hashes]
 
 
 def build_worker(
@@ -217,8 +239,11 @@ def build_worker(
     job_timeout_s: float,
     job_lease_s: float = 30.0,
     poll_delay_s: float = 0.05,
+    preload: tuple[str, ...] = (),
 ) -> _Worker:
-    """An arq worker running `deliver(ctx, delivery_id)` with our serializer and no result keys.
+    """An arq worker running `deliver(ctx, delivery_id)` with our serializer and no result keys;
+    with `preload` (key prefixes), `deliver(ctx, delivery_id, preloaded)`, the hashes
+    prefix + delivery_id read by the job's claim.
 
     Retries are ours (the job raises `Retry(defer=...)`) and bounded by our own window, so arq's
     max_tries is set high enough never to be the one that gives up.
@@ -242,6 +267,7 @@ def build_worker(
     )
     # arq claims a job for job_timeout + 10 s; ours is a lease that `run` keeps renewing.
     worker.in_progress_timeout_s = job_lease_s
+    worker.preload = preload
     return worker
 
 

@@ -82,6 +82,11 @@ async def load(
     return _record(raw, delivery_id, keyring)
 
 
+# What the worker reads to start a delivery, by key prefix (the delivery id appended): its hash
+# and the commands already applied. The job's claim reads them (`arq_adapter` `preload`).
+PRELOAD = (keys.DELIVERY, keys.DONE)
+
+
 async def load_for_work(
     redis: Redis, delivery_id: str, keyring: crypto.Keyring | None
 ) -> tuple[DeliveryRecord | None, dict[str, str]]:
@@ -91,6 +96,13 @@ async def load_for_work(
         pipe.hgetall(keys.delivery(delivery_id))
         pipe.hgetall(keys.done(delivery_id))
         raw, done = await pipe.execute()
+    return for_work(raw, done, delivery_id, keyring)
+
+
+def for_work(
+    raw: dict[bytes, bytes], done: dict[bytes, bytes], delivery_id: str, keyring: crypto.Keyring | None
+) -> tuple[DeliveryRecord | None, dict[str, str]]:
+    """`load_for_work` from hashes already read (by the job's claim: `PRELOAD`)."""
     return _record(raw, delivery_id, keyring), {k.decode(): v.decode() for k, v in done.items()}
 
 
