@@ -98,8 +98,11 @@ class Deliverer:
         read them, one round trip fewer; without them they are read here."""
         try:
             if preloaded is not None:
-                raw, done_raw = preloaded
+                # Popped, so that the raw hashes (the body among them) are not kept for as long
+                # as the job runs by the caller's list.
+                raw, done_raw = preloaded.pop(0), preloaded.pop(0)
                 record, done = deliveries.for_work(raw, done_raw, delivery_id, self.keyring)
+                del raw, done_raw
             else:
                 record, done = await deliveries.load_for_work(self.redis, delivery_id, self.keyring)
             if record is None:
