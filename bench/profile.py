@@ -39,7 +39,7 @@ if __name__ == "__main__":
 
 from bench.harness import Harness, log  # noqa: E402
 from bench.meters import CpuMeter  # noqa: E402
-from bench.run import ensure_wrk  # noqa: E402
+from bench.run import compile_bytecode, ensure_wrk  # noqa: E402
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 SITE = "site-packages/"
@@ -253,6 +253,7 @@ def main() -> None:
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     py_spy = ensure_py_spy()
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="leadbridge-profile-"))
     extra_env = dict(item.split("=", 1) for item in args.env)
     bench = Harness(work, wrk_path=ensure_wrk(), extra_env=extra_env, patches=args.patch)

@@ -75,6 +75,16 @@ def ensure_python_packages() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True, timeout=900)
 
 
+def compile_bytecode() -> None:
+    """Compile bridge/ and bench/ to bytecode (`__pycache__`, ignored by git) before anything is
+    measured, as pip does when it installs the wheel (the shipped image loads .pyc files). Where
+    PYTHONDONTWRITEBYTECODE is set, a checkout's own modules would otherwise be compiled from
+    source by every process at every start: slower starts and, measured, about 0.7 MiB more RSS
+    for a worker. Baselines and leadbridge are treated alike."""
+    targets = [str(ROOT / "bridge"), str(ROOT / "bench")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *targets], check=True, timeout=300)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,6 +120,7 @@ def main() -> None:
             parser.error(f"--env {item!r}: expected K=V")
     ensure_python_packages()
     wrk_path = ensure_wrk()
+    compile_bytecode()
 
     from bench.harness import Harness
     from bench.report import plot, render, write_json

@@ -48,7 +48,7 @@ REDIS_CONNECTIONS = 32
 
 def make_redis(url: str, max_connections: int = REDIS_CONNECTIONS) -> Redis:
     """The process's Redis client. Its pool is bounded and *blocking*: past `max_connections`,
-    a command waits for a free connection (10 s at most) instead of opening another. 128 jobs
+    a command waits for a free connection (10 s at most) instead of opening another. 100 jobs
     in flight then share a few dozen connections (fewer sockets and buffers, and measured
     faster than a connection per job); ingest batches use one or two."""
     pool = BlockingConnectionPool.from_url(

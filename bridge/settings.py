@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = Field(default=3_600.0, gt=0, alias="BRIDGE_RETRY_MAX_DELAY_S")
     retry_max_attempts: int = Field(default=60, ge=1, alias="BRIDGE_RETRY_MAX_ATTEMPTS")
     link_wait_s: float = Field(default=300.0, ge=0, alias="BRIDGE_LINK_WAIT_S")
-    worker_concurrency: int = Field(default=128, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
+    worker_concurrency: int = Field(default=100, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
     upstream_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_UPSTREAM_TIMEOUT_S")
     upstream_max_connections: int = Field(default=100, ge=1, alias="BRIDGE_UPSTREAM_MAX_CONNECTIONS")
     upstream_http: Literal["aiohttp", "httpx"] = Field(default="aiohttp", alias="BRIDGE_UPSTREAM_HTTP")
