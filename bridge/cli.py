@@ -122,8 +122,9 @@ def queue_url(settings: Settings) -> Iterator[str]:
 def run_event_loop(main: Coroutine[Any, Any, None], *, fast_loop: bool = True) -> None:
     """Run a long-lived process, on uvloop where it is installed (uvicorn[standard] brings it)
     and `fast_loop` asks for it. `serve` and `run` do: uvloop makes the web side faster. A
-    worker does not: it delivered as many leads per second on asyncio's own loop (bench/, both
-    with no upstream latency and with 100 ms), and uvloop would add 2.3 MiB to its memory."""
+    worker does not: on asyncio's own loop it delivered about 8 % fewer leads per second in
+    alternating quick runs of bench/ (well above its targets either way), and uvloop would add
+    2.3 MiB to its memory, whose target it would then miss."""
     if not fast_loop:
         asyncio.run(main)
         return
