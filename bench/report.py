@@ -108,7 +108,13 @@ def plot(path: Path, sweep: dict[str, list[dict[str, Any]]], title: str) -> None
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, points in sweep.items():
+    for label, rounds in sweep.items():
+        best: dict[int, dict[str, Any]] = {}  # per connection count, its best round (as the table)
+        for point in rounds:
+            known = best.get(point["connections"])
+            if known is None or point["req_per_s"] > known["req_per_s"]:
+                best[point["connections"]] = point
+        points = [best[c] for c in sorted(best)]
         xs = [p["connections"] for p in points]
         left.plot(xs, [p["req_per_s"] for p in points], marker="o", label=label)
         right.plot(xs, [p["p99_ms"] for p in points], marker="o", label=label)
