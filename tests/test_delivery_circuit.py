@@ -197,7 +197,18 @@ async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
 
         await until(lambda: metrics.registry.get_sample_value("leadbridge_circuit_open") == 1, timeout_s=10)
         assert await circuit.read_state(pipe.redis) == "open"
-        calls_at_open, attempts_at_open = failed_calls(), await total_attempts(ids)
+        # Each failed call is recorded as an attempt a moment after it is counted: take both
+        # figures when they agree, so that no call made before this point is counted as an
+        # attempt after it.
+        settled: list[float] = []
+
+        async def calls_and_attempts_agree() -> bool:
+            attempts = await total_attempts(ids)
+            settled[:] = [failed_calls(), attempts]
+            return settled[0] == settled[1]
+
+        await until(calls_and_attempts_agree, timeout_s=10)
+        calls_at_open, attempts_at_open = settled
 
         async def two_probes_failed() -> bool:
             return (
