@@ -98,11 +98,11 @@ class Deliverer:
         read them, one round trip fewer; without them they are read here."""
         try:
             if preloaded is not None:
-                # Popped, so that the raw hashes (the body among them) are not kept for as long
-                # as the job runs by the caller's list.
-                raw, done_raw = preloaded.pop(0), preloaded.pop(0)
-                record, done = deliveries.for_work(raw, done_raw, delivery_id, self.keyring)
-                del raw, done_raw
+                # Popped: the caller's list would keep the raw hashes (the body among them) for as
+                # long as the job runs.
+                record, done = deliveries.for_work(
+                    preloaded.pop(0), preloaded.pop(0), delivery_id, self.keyring
+                )
             else:
                 record, done = await deliveries.load_for_work(self.redis, delivery_id, self.keyring)
             if record is None:
@@ -164,7 +164,7 @@ class Deliverer:
 
     async def _plan(self, record: DeliveryRecord, mapping: CompiledMapping) -> Plan:
         """Parse the stored body again and plan it. Then the body, its headers and the parsed
-        payload are let go: a delivery waits on the upstream with its commands only (what 200
+        payload are let go: a delivery waits on the upstream with its commands only (what the
         deliveries in flight hold; the stored copy stays in Redis)."""
         payload = mapping.provider.reparse(record.body, record.headers)
         record.body, record.headers = b"", {}

@@ -9,7 +9,8 @@ are logged with ids only.
 
 POSTs take a fast path (`post_hook`, called by `bridge.app.BridgeApp` before Starlette's
 middleware and router: they cost about a fifth of the route's CPU); other methods (provider
-handshakes, 405) go through the Starlette route `receive_hook`. Both share `_post`/`_other`.
+handshakes, 405) go through the Starlette route `receive_hook`, which hands a POST to the same
+`_post`.
 """
 
 from __future__ import annotations

@@ -202,13 +202,11 @@ class _Worker(Worker):
     async def _finish(self, job_id: str, *, done: bool, incr_score: int | None) -> None:
         """arq's `finish_job` (without results, which we do not keep)."""
         async with self.pool.pipeline(transaction=True) as tr:
-            stale = [in_progress_key_prefix + job_id]
             if done:
-                stale += [retry_key_prefix + job_id, job_key_prefix + job_id]
                 tr.zrem(self.queue_name, job_id)
             elif incr_score:
                 tr.zincrby(self.queue_name, incr_score, job_id)
-            tr.delete(*stale)
+            tr.delete(*(finished_job_keys(job_id) if done else [in_progress_key(job_id)]))
             await tr.execute()
 
     def _running_here(self, job_id: str) -> bool:

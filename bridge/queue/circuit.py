@@ -199,14 +199,13 @@ class CircuitBreaker:
         way, except for a probe: any answer shows the upstream is up."""
         if failed is None and not probe:
             return "open" if self._open else "closed"
-        ok_now = 0 if failed else 1
-        if ok_now and not probe and time.monotonic() < self._closed_until:
+        now = time.monotonic()
+        if not failed:
             self._unsent_ok += 1
-            if time.monotonic() < self._flush_at:
+            if not probe and now < self._closed_until and now < self._flush_at:
                 return "closed"
-            ok_now = 0
-        oks, self._unsent_ok = self._unsent_ok + ok_now, 0
-        self._flush_at = time.monotonic() + CLOSED_CACHE_S
+        oks, self._unsent_ok = self._unsent_ok, 0
+        self._flush_at = now + CLOSED_CACHE_S
         c = self.config
         state = await self._record(
             keys=[keys.CIRCUIT],
