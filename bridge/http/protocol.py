@@ -14,6 +14,13 @@ connects and sends nothing, or trickles its headers, holds a connection (and a s
 It also marks a request whose body it holds whole before the app reads it (nearly every
 webhook: see `bridge.http.body`), so that reading it needs no timer.
 
+And it sends a response's head and its first body part in one write. uvicorn writes the head at
+`http.response.start` and the body at `http.response.body`: two system calls, and (sockets are
+TCP_NODELAY) two TCP segments for the client to read, for every response. A request's cycle
+writes through `HeadJoiningTransport`, which holds the head until the body's first write. A
+webhook's answer then costs one write; in the ingest benchmark that was a fifth of `serve`'s
+CPU per request (`bench/run.py --only ingest`, docs/performance.md).
+
 `bounded_protocol(...)` makes the class for uvicorn's `Config(http=...)`.
 """
 
@@ -22,9 +29,54 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from bridge.http.body import mark_body_received
+
+
+class HeadJoiningTransport(asyncio.Transport):
+    """What one request's cycle writes to: the response head, written by `http.response.start`,
+    is held and sent with the next write (the body's first part, possibly empty: uvicorn writes
+    one for every response but a HEAD request's) in one. Other writes (a `100 Continue` before
+    the response starts, later body parts, a HEAD response's head) go straight through."""
+
+    __slots__ = ("_cycle", "_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        super().__init__()
+        self._transport = transport
+        self._cycle: RequestResponseCycle | None = cycle  # until its head is written
+        self._head: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head + data)
+        elif self._cycle is not None and self._cycle.response_started:
+            # The cycle sets response_started just before it writes the head. The head of a
+            # HEAD request's response is all there is (uvicorn writes no body for it). The
+            # cycle is let go of here: it refers to this transport, and a reference cycle would
+            # keep every request's cycle alive until the garbage collector runs.
+            cycle, self._cycle = self._cycle, None
+            if cycle.scope["method"] == "HEAD":
+                self._transport.write(data)
+            else:
+                self._head = bytes(data)
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        # A response that started and then failed: what uvicorn would have sent, then the close.
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
 
 class HeadTooLarge(Exception):
@@ -67,7 +119,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        # A new cycle (not an upgrade): its task is created but has not run yet.
+        if cycle is not None and cycle is not previous:
+            cycle.transport = HeadJoiningTransport(self.transport, cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
