@@ -23,6 +23,7 @@ Start here:  leadbridge run --sandbox   (everything local: embedded Valkey, a sa
 """
 
 SANDBOX_ENV = "sandbox.env"
+SANDBOX_URL_VARIABLE = "LEADBRIDGE_SANDBOX_URL"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,16 +91,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sandbox_environ(settings: Settings) -> dict[str, str]:
-    """The environment plus the demo values of `mappings/sandbox.env` for variables left unset."""
+def sandbox_environ(settings: Settings, sandbox_url: str | None = None) -> dict[str, str]:
+    """The environment plus the demo values of `mappings/sandbox.env` for variables left unset.
+    Those values may refer to `${LEADBRIDGE_SANDBOX_URL}`: the sandbox's URL, when it runs."""
     environ = dict(os.environ)
+    if sandbox_url is not None:
+        environ[SANDBOX_URL_VARIABLE] = sandbox_url
     folder = settings.mappings_path if settings.mappings_path.is_dir() else settings.mappings_path.parent
     env_file = folder / SANDBOX_ENV
     if env_file.is_file():
         from bridge.mapping.env import read_env_file
 
         try:
-            demo = read_env_file(env_file)
+            demo = read_env_file(env_file, environ)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for key, value in demo.items():
@@ -203,18 +207,20 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _service(args: argparse.Namespace, settings: Settings) -> int:
-    from bridge.processes import Upstream, run_all
+    from bridge.processes import Upstream, bind, run_all
 
     sandbox = args.command == "run" and args.sandbox
-    environ = sandbox_environ(settings) if sandbox else dict(os.environ)
+    environ = dict(os.environ)
     upstream: Upstream | None = None
     if args.command in ("run", "worker") and not sandbox:
         base_url, key = settings.require_upstream()
         upstream = Upstream(base_url, key.get_secret_value())
-    sandbox_port = None
+    sandbox_sock = None
     if sandbox:
         default_port = settings.port + 10 if settings.port else 0
-        sandbox_port = args.sandbox_port if args.sandbox_port is not None else default_port
+        port = args.sandbox_port if args.sandbox_port is not None else default_port
+        sandbox_sock = bind(settings.host, port)
+        environ = sandbox_environ(settings, f"http://{settings.host}:{sandbox_sock.getsockname()[1]}")
     with queue_url(settings) as url:
         run_event_loop(
             run_all(
@@ -224,7 +230,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
                 upstream=upstream,
                 web=args.command in ("run", "serve"),
                 worker=args.command in ("run", "worker"),
-                sandbox_port=sandbox_port,
+                sandbox_sock=sandbox_sock,
                 banner=args.command == "run",
             ),
             fast_loop=args.command != "worker",

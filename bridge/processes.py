@@ -98,19 +98,20 @@ async def run_all(
     upstream: Upstream | None,
     web: bool,
     worker: bool,
-    sandbox_port: int | None = None,
+    sandbox_sock: socket.socket | None = None,
     banner: bool = False,
 ) -> None:
-    """`run` (web + worker [+ sandbox]), `serve` (web) or `worker` (worker + probe server)."""
+    """`run` (web + worker [+ the sandbox on `sandbox_sock`]), `serve` (web) or `worker` (worker
+    + probe server)."""
     servers: list[tuple[Serving, socket.socket]] = []
-    if sandbox_port is not None:
+    if sandbox_sock is not None:
         from bridge.http.server import web_server
         from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
 
-        sock = bind(settings.host, sandbox_port)
-        sandbox = web_server(create_sandbox_app(DEMO_API_KEY), settings.host, sandbox_port, settings)
-        upstream = Upstream(f"http://{settings.host}:{sock.getsockname()[1]}", DEMO_API_KEY)
-        servers.append((sandbox, sock))
+        port = sandbox_sock.getsockname()[1]
+        sandbox = web_server(create_sandbox_app(DEMO_API_KEY), settings.host, port, settings)
+        upstream = Upstream(f"http://{settings.host}:{port}", DEMO_API_KEY)
+        servers.append((sandbox, sandbox_sock))
     runtime = Runtime(
         settings,
         redis_url=redis_url,

@@ -1,4 +1,8 @@
-"""`leadbridge send-sample`: sign a mapping's sample payload and POST it, a first webhook."""
+"""`leadbridge send-sample`: sign a mapping's sample payload and POST it, a first webhook.
+
+Signs for Standard Webhooks (the quickstart's `website-contact`) and Meta Lead Ads (whose sample
+becomes a lead in sandbox mode through the sandbox's Graph API stand-in); sends `none` as it is.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import httpx
 
 from bridge.errors import ConfigError
 from bridge.mapping import load_mappings
+from bridge.providers.base import secrets_of
 from bridge.settings import Settings
 
 
@@ -46,9 +51,13 @@ def send_sample(
             "webhook-timestamp": str(stamp),
             "webhook-signature": "v1," + base64.b64encode(digest).decode(),
         }
+    elif mapping.provider_name == "meta-lead-ads":
+        app_secret = secrets_of(options.app_secret)[0]
+        headers["x-hub-signature-256"] = "sha256=" + hmac.new(app_secret, body, hashlib.sha256).hexdigest()
     elif mapping.provider_name != "none":
         raise ConfigError(
-            f"send-sample signs standard-webhooks and none mappings, not {mapping.provider_name}"
+            "send-sample signs standard-webhooks, meta-lead-ads and none mappings, "
+            f"not {mapping.provider_name}"
         )
     base = url or f"http://{settings.host}:{settings.port}"
     response = httpx.post(f"{base.rstrip('/')}/hooks/{name}", content=body, headers=headers, timeout=10)

@@ -134,6 +134,20 @@ def test_run_sandbox_first_webhook_makes_one_lead(
     assert len(entries) == 1
     events = [e["type"] for e in httpx.get(f"{upstream}/sandbox/events").json()["events"]]
     assert events.count("table.entry.added") == 1
+    # The Meta Lead Ads sample: its lead's answers come from the sandbox's Graph API stand-in.
+    payload = REPO / "tests" / "fixtures" / "payloads" / "meta-lead-ads-form.json"
+    sent = _leadbridge("send-sample", "meta-lead-ads-form", "--url", url, "--payload", str(payload), env=env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "-> 202" in sent.stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(entries) < 2:
+        entries = httpx.get(f"{upstream}/sandbox/entries").json()["entries"]
+        time.sleep(0.05)
+    assert len(entries) == 2
+    meta = entries[1]
+    assert isinstance(meta, dict)
+    assert meta["data"]["email"].endswith(".444444444444@example.com")
+    assert meta["data"]["phone"].startswith("+4420794600")
     # A clean stop: SIGTERM drains and exits 0, and stops the embedded Valkey it started.
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

@@ -528,3 +528,38 @@ async def test_unknown_routes_and_methods_answer_json(client: httpx.AsyncClient)
 
 def test_state_repr_does_not_show_the_api_key(state: SandboxState) -> None:
     assert DEMO_API_KEY not in repr(state)
+
+
+# -- the Graph API stand-in (the Meta Lead Ads mapping's enrich) --------------------------------
+
+
+async def test_graph_stand_in_answers_a_lead_made_up_from_its_id(client: httpx.AsyncClient) -> None:
+    url = "/graph/v21.0/444444444444?fields=created_time,field_data,ad_id,form_id"
+    first = await client.get(url, headers={"Authorization": "Bearer any-page-token"})
+    again = await client.get(url, headers={"Authorization": "Bearer another-token"})
+    other = await client.get("/graph/v21.0/555555555555", headers={"Authorization": "Bearer t"})
+    assert first.status_code == again.status_code == other.status_code == 200
+    lead = first.json()
+    assert lead["id"] == "444444444444"
+    answers = {field["name"]: field["values"][0] for field in lead["field_data"]}
+    assert set(answers) == {"email", "full_name", "phone_number", "company_name"}
+    assert answers["email"].endswith("@example.com")
+    assert answers["phone_number"].startswith("+4420794600")  # Ofcom's drama range
+    assert again.json() == lead  # the same id, the same lead
+    assert other.json()["field_data"][0]["values"][0] != answers["email"]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "kind"),
+    [
+        ("/graph/v21.0/444444444444", {"Authorization": ""}, "OAuthException"),
+        ("/graph/v21.0/444444444444", {"Authorization": "Basic eDp5"}, "OAuthException"),
+        ("/graph/v21.0/not-a-lead", {"Authorization": "Bearer t"}, "GraphMethodException"),
+    ],
+)
+async def test_graph_stand_in_refuses_like_graph(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str], kind: str
+) -> None:
+    response = await client.get(path, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == kind

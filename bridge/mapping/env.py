@@ -48,8 +48,11 @@ def references(text: str) -> list[tuple[str, bool]]:
     return [(m.group(1), m.group(2) is not None) for m in _REFERENCE.finditer(text) if m.group(1)]
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a KEY=VALUE file: `#` comments, blank lines, optional `export` and quotes."""
+def read_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Parse a KEY=VALUE file: `#` comments, blank lines, optional `export` and quotes. As in
+    docker compose and python-dotenv, a value may reference variables, `${NAME}` or
+    `${NAME:-default}`, resolved from `environ` and the lines above; a single-quoted value is
+    taken as it is. A reference to nothing known and without a default is an error."""
     values: dict[str, str] = {}
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
@@ -59,7 +62,13 @@ def read_env_file(path: Path) -> dict[str, str]:
         if match is None:
             raise ValueError(f"{path}:{number}: expected KEY=VALUE")
         name, value = match.group(1), match.group(2).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        quote = value[0] if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'" else ""
+        if quote:
             value = value[1:-1]
+        if quote != "'":
+            value, missing, _ = substitute(value, {**(environ or {}), **values})
+            if missing:
+                problem = f"variable {missing[0]} is not set and has no default"
+                raise ValueError(f"{path}:{number}: {name}: {problem}")
         values[name] = value
     return values

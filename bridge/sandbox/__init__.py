@@ -5,6 +5,7 @@ Used by `leadbridge run --sandbox`, by the tests as the upstream and by the benc
     app          create_sandbox_app, DEMO_API_KEY, DEMO_TABLE_ID
     routes       the /connect routes (auth, faults, idempotency around the handlers)
     control      the /sandbox routes (events, entries, reset, faults)
+    graph        a stand-in for the Graph API lead fetch of the Meta Lead Ads mapping
     store        SandboxState: tables, entries, events, idempotency records, faults
     entries      the create and merge-patch rules for table entries
     tables       Lead Pool schema and the packaged seed (seed.json)

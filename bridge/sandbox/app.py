@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from bridge.sandbox.control import control_routes
 from bridge.sandbox.faults import FaultConfig
+from bridge.sandbox.graph import graph_routes
 from bridge.sandbox.responses import SandboxError, http_error_handler, sandbox_error_handler
 from bridge.sandbox.routes import connect_routes
 from bridge.sandbox.store import SandboxState
@@ -29,7 +30,7 @@ def create_sandbox_app(
     """A fresh sandbox. `seed=False` starts without tables (add them with `state.add_table`)."""
     state = SandboxState(api_key, tables=load_seed_tables() if seed else (), faults=faults)
     app = Starlette(
-        routes=[*connect_routes(state), *control_routes(state)],
+        routes=[*connect_routes(state), *control_routes(state), *graph_routes()],
         exception_handlers={SandboxError: sandbox_error_handler, HTTPException: http_error_handler},
     )
     app.state.sandbox = state
