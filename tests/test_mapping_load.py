@@ -232,7 +232,7 @@ def test_read_env_file(tmp_path: Path) -> None:
 def test_read_env_file_resolves_references_in_values(tmp_path: Path) -> None:
     text = (
         "BASE=${HOST:-http://127.0.0.1:8010}/graph\n"
-        "URL=\"${BASE}/v21.0\"\n"  # a line above counts
+        'URL="${BASE}/v21.0"\n'  # a line above counts
         "RAW='${BASE}'\n"  # single quotes: as written
         "ESCAPED=$${NOT_A_REFERENCE}\n"
     )
@@ -243,7 +243,9 @@ def test_read_env_file_resolves_references_in_values(tmp_path: Path) -> None:
         "RAW": "${BASE}",
         "ESCAPED": "${NOT_A_REFERENCE}",
     }
-    assert read_env_file(path, {"HOST": "http://127.0.0.1:9999"})["URL"] == "http://127.0.0.1:9999/graph/v21.0"
+    assert (
+        read_env_file(path, {"HOST": "http://127.0.0.1:9999"})["URL"] == "http://127.0.0.1:9999/graph/v21.0"
+    )
     write(tmp_path, "missing.env", "A=1\nB=${NOWHERE}/x\n")
     with pytest.raises(ValueError, match=r"missing.env:2: B: variable NOWHERE is not set and has no default"):
         read_env_file(tmp_path / "missing.env")

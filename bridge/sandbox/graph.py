@@ -57,8 +57,11 @@ async def _lead(request: Request) -> Response:
         return _graph_error("An access token is required to request this resource.", "OAuthException", 104)
     lead_id = request.path_params["lead_id"]
     if not lead_id.isdigit():
-        return _graph_error(f"Unsupported get request. Object with ID '{lead_id}' does not exist.",
-                            "GraphMethodException", 100)
+        return _graph_error(
+            f"Unsupported get request. Object with ID '{lead_id}' does not exist.",
+            "GraphMethodException",
+            100,
+        )
     return json_response(made_up_lead(lead_id))
 
 
