@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -104,3 +107,74 @@ async def test_accepts_one_after_another_are_never_left_waiting(
             await accepter.accept(_incoming(f"seq-{in_flight}-{i}"))
     concurrent = [accepter.accept(_incoming(f"par-{in_flight}-{i}")) for i in range(100)]
     assert len(await asyncio.wait_for(asyncio.gather(*concurrent), timeout=10)) == 100
+
+
+async def test_too_few_replicas_is_queue_unavailable_and_the_retry_a_duplicate(redis_client: Redis) -> None:
+    # No replica exists: WAIT answers 0 after its timeout, so nobody may be answered "stored".
+    accepter = Accepter(
+        redis_client, dedupe_window_s=60, retention_s=120, wait_replicas=1, wait_timeout_ms=20
+    )
+    with pytest.raises(QueueUnavailable):
+        await accepter.accept(_incoming("replicated"))
+    # It is on the primary, though: the provider's retry is answered as a duplicate of it.
+    plain = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    assert (await plain.accept(_incoming("replicated"))).duplicate
+
+
+async def test_a_stalled_server_is_queue_unavailable_within_the_timeout_then_recovers(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, socket_timeout=0.3)
+    admin = Redis.from_url(redis_url)
+    accepter = Accepter(client, dedupe_window_s=60, retention_s=120)
+    try:
+        await accepter.accept(_incoming("before"))  # connected, script loaded
+        await admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # the script writes: held
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable):
+            await accepter.accept(_incoming("during"))
+        assert time.monotonic() - started < 2.5  # the timeout, not the end of the pause
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        async with asyncio.timeout(10):
+            accepted = await accepter.accept(_incoming("after"))  # on a new connection
+        assert not accepted.duplicate
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await client.aclose()
+
+
+async def test_a_dropped_connection_is_opened_again(redis_client: Redis) -> None:
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    await accepter.accept(_incoming("first"))
+    killed = await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert int(killed) >= 1
+    async with asyncio.timeout(10):
+        with contextlib.suppress(QueueUnavailable):  # a batch may meet the closed connection once
+            await accepter.accept(_incoming("second"))
+        accepted = await accepter.accept(_incoming("third"))
+    assert not accepted.duplicate
+    assert await redis_client.exists(keys.delivery(accepted.delivery_id))
+
+
+async def test_closing_the_client_closes_the_ingest_connection_without_waiting(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)  # no timeouts at all: a hang would be forever
+    admin = Redis.from_url(redis_url)
+    try:
+        accepter = Accepter(client, dedupe_window_s=60, retention_s=120)
+        await accepter.accept(_incoming("e1"))
+        assert await _connected_clients(admin) == 2  # admin, and the batches' (it loaded the script)
+        async with asyncio.timeout(5):
+            await client.aclose()
+        await until(lambda: _connected_clients(admin), lambda n: n == 1)
+    finally:
+        await admin.aclose()
+
+
+async def _connected_clients(redis: Redis) -> int:
+    return int((await redis.info("clients"))["connected_clients"])
+
+
+async def until(read: Callable[[], Awaitable[int]], ok: Callable[[int], bool], timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ok(value := await read()):
+        assert time.monotonic() < deadline, f"still {value} after {timeout_s} s"
+        await asyncio.sleep(0.01)

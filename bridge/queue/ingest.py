@@ -8,10 +8,12 @@ then the dedupe record. "Seen" is
 therefore never recorded without the work being stored, and both are written by the same
 command, so they are equally durable.
 
-Concurrent requests are grouped: while one batch is in flight, new deliveries wait and go
-together in the next one (a single command and round trip and, with the embedded server's
-`appendfsync always`, a single fsync). Optionally the batch waits for replicas (`WAIT`) or for
-the local AOF fsync (`WAITAOF`) before anyone is answered.
+Concurrent requests are grouped: what arrives during one pass of the event loop goes together,
+and while BATCHES_IN_FLIGHT batches are in flight, new deliveries wait and go together in the
+next one (a single command and round trip and, with the embedded server's `appendfsync always`,
+a single fsync). Optionally the batch waits for replicas (`WAIT`) before anyone is answered.
+Batches travel over one connection read by `bridge.queue.replypipe.ReplyPipe`, which answers a
+batch's callers from the loop's read callback, without waking a task first.
 
 With encryption at rest on (a non-empty `Keyring`), the body and headers are sealed here, before
 they are sent to the store: the script receives only ciphertext, and marks the delivery with the
@@ -21,18 +23,22 @@ id of the key that sealed it (field `enc`; see `bridge.queue.crypto`).
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
+import hiredis
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from bridge.errors import QueueUnavailable
 from bridge.queue import arq_adapter, crypto, keys, ordering
+from bridge.queue.replypipe import ReplyPipe
 
 # Stores a whole batch, each delivery as described above, in one command.
 # KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its
@@ -97,6 +103,15 @@ end
 return out
 """
 
+
+def _pack(*parts: Any) -> bytes:
+    """One command in RESP, packed by hiredis (as redis-py does; see bridge/queue/resp.py)."""
+    packed: bytes = hiredis.pack_command(parts)
+    return packed
+
+
+log = logging.getLogger("bridge.ingest")
+
 MAX_BATCH = 512
 # Batches sent before the first is answered. With one, what arrives during a round trip waits for
 # it, then for its own; with two, it goes at once, and the server runs them back to back.
@@ -133,7 +148,12 @@ def new_delivery_id(now_ms: int | None = None, counter: int = 0) -> str:
 
 
 class Accepter:
-    """Stores deliveries durably, batching concurrent callers into one round trip."""
+    """Stores deliveries durably, batching concurrent callers into one round trip.
+
+    Batches go over one connection (`ReplyPipe`), at most BATCHES_IN_FLIGHT at a time. A batch
+    is answered in the loop's read callback, and what waited meanwhile is sent from there too.
+    Any failure of a batch (connection, timeout, server error, too few replicas) answers each of
+    its callers QueueUnavailable: a webhook is answered 202 only once it is stored."""
 
     def __init__(
         self,
@@ -143,7 +163,6 @@ class Accepter:
         retention_s: int,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
-        wait_local_fsync: bool = False,
         keyring: crypto.Keyring | None = None,
     ) -> None:
         self._redis = redis
@@ -153,9 +172,10 @@ class Accepter:
         self._retention_s = retention_s
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
-        self._wait_local_fsync = wait_local_fsync
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()  # the flush loops running (see _flush_loop)
+        self._pipe: ReplyPipe | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._send_scheduled = False
         self._counter = 0
 
     def _next_counter(self) -> int:
@@ -166,40 +186,61 @@ class Accepter:
         """Store one delivery; returns once it is durable. Raises QueueUnavailable."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending.append((incoming, future))
-        if len(self._flushers) < BATCHES_IN_FLIGHT:
-            self._flushers.add(asyncio.get_running_loop().create_task(self._flush_loop()))
+        self._kick()
         return await future
 
-    async def _flush_loop(self) -> None:
-        # The loop leaves the set in the same step as its last look at `_pending` (no await
-        # between): a caller that finds the loops busy is always picked up by one of them. (A
-        # done callback would run later, and a delivery queued meanwhile would wait forever.)
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._flush(batch)
-        finally:
-            self._flushers.discard(cast(asyncio.Task[None], asyncio.current_task()))
-
-    async def _flush(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
-        try:
-            try:
-                results = await self._store(batch)
-            except NoScriptError:
-                # The server restarted and lost its script cache: load it again. Safe to redo,
-                # since a delivery that did get stored is now answered as a duplicate of itself.
-                self._sha = None
-                results = await self._store(batch)
-        except (RedisError, OSError):
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(QueueUnavailable())
+    def _kick(self) -> None:
+        """Get what is pending sent: at the end of this pass of the event loop (the requests it
+        is running join the batch), or once connected (and the script loaded)."""
+        if self._send_scheduled or not self._pending:
             return
-        self._answer(batch, results)
+        pipe = self._pipe
+        if pipe is None or pipe.closed or self._sha is None:
+            if self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        elif pipe.in_flight < BATCHES_IN_FLIGHT:
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_when_scheduled)
 
-    async def _store(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> list[object]:
-        if self._sha is None:
-            self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
+    async def _connect(self) -> None:
+        try:
+            if self._pipe is not None and self._pipe.closed:
+                closed, self._pipe = self._pipe, None
+                await closed.give_back()
+            if self._sha is None:
+                self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
+            if self._pipe is None:
+                self._pipe = await ReplyPipe.open(self._redis)
+        except Exception as exc:  # whatever it is, the callers get an answer
+            if not isinstance(exc, (RedisError, OSError)):
+                log.exception("cannot open the ingest connection")
+            failed, self._pending = self._pending, []
+            self._fail(failed)
+        finally:
+            self._connecting = None
+        self._kick()
+
+    def _send_when_scheduled(self) -> None:
+        self._send_scheduled = False
+        self._send()
+
+    def _send(self) -> None:
+        """Send pending batches while the connection has room for them."""
+        pipe, sha = self._pipe, self._sha
+        while self._pending and pipe is not None and not pipe.closed and sha is not None:
+            if pipe.in_flight >= BATCHES_IN_FLIGHT:
+                return
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                commands = self._commands(sha, batch)
+            except Exception:  # a bug, or a keyring that cannot seal: answer, never leave waiting
+                log.exception("cannot build an ingest batch")
+                self._fail(batch)
+                continue
+            pipe.send(commands, functools.partial(self._answered, batch))
+        self._kick()  # not connected, or no script: connect first
+
+    def _commands(self, sha: str, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> list[bytes]:
         now_ms = int(time.time() * 1000)
         names: list[str] = [arq_adapter.QUEUE_KEY, keys.SEQ]
         args: list[Any] = [
@@ -223,14 +264,10 @@ class Accepter:
                 *self._payload(incoming, delivery_id),
                 delivery_id,
             )
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._sha, len(names), *names, *args)
-            if self._wait_replicas:
-                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-            if self._wait_local_fsync:
-                pipe.execute_command("WAITAOF", 1, 0, self._wait_timeout_ms)
-            results: list[object] = await pipe.execute()
-        return results
+        commands = [_pack("EVALSHA", sha, len(names), *names, *args)]
+        if self._wait_replicas:
+            commands.append(_pack("WAIT", self._wait_replicas, self._wait_timeout_ms))
+        return commands
 
     def _payload(self, incoming: Incoming, delivery_id: str) -> tuple[bytes, bytes]:
         """The stored headers and body: sealed when encryption at rest is on, else as received."""
@@ -242,19 +279,36 @@ class Accepter:
             self._keyring.seal(incoming.body, crypto.aad(delivery_id, "body")),
         )
 
-    def _answer(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]], results: list[object]) -> None:
-        if self._wait_replicas and int(str(results[1])) < self._wait_replicas:
-            # Stored on the primary, but not on enough replicas: the provider will retry, and the
+    def _answered(
+        self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]], outcome: list[Any] | Exception
+    ) -> None:
+        """A batch's replies (in the read callback of the connection), or why there are none."""
+        if isinstance(outcome, Exception):
+            self._fail(batch)
+        elif isinstance(outcome[0], hiredis.ReplyError) and str(outcome[0]).startswith("NOSCRIPT"):
+            # The server restarted and lost its script cache: nothing of the batch ran. It goes
+            # first in line again, once the script is loaded.
+            self._sha = None
+            self._pending[:0] = batch
+        elif any(isinstance(reply, hiredis.ReplyError) for reply in outcome) or (
+            self._wait_replicas and int(outcome[1]) < self._wait_replicas
+        ):
+            # Stored on the primary perhaps, but not known durable: the provider retries, and the
             # retry is answered "duplicate" once the first copy exists, so nothing is lost.
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(QueueUnavailable())
-            return
-        stored = results[0]
-        assert isinstance(stored, list)
-        for n, (_, future) in enumerate(batch):
-            created, delivery_id = int(stored[2 * n]), stored[2 * n + 1]
-            if isinstance(delivery_id, bytes):
-                delivery_id = delivery_id.decode()
+            self._fail(batch)
+        else:
+            self._answer(batch, outcome[0])
+        self._send()
+
+    @staticmethod
+    def _fail(batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
+        for _, future in batch:
             if not future.done():
-                future.set_result(Accepted(delivery_id=str(delivery_id), duplicate=not created))
+                future.set_exception(QueueUnavailable())
+
+    @staticmethod
+    def _answer(batch: list[tuple[Incoming, asyncio.Future[Accepted]]], stored: list[Any]) -> None:
+        for n, (_, future) in enumerate(batch):
+            created, delivery_id = stored[2 * n], stored[2 * n + 1]
+            if not future.done():
+                future.set_result(Accepted(delivery_id=delivery_id.decode(), duplicate=not created))
