@@ -178,3 +178,16 @@ async def until(read: Callable[[], Awaitable[int]], ok: Callable[[int], bool], t
     while not ok(value := await read()):
         assert time.monotonic() < deadline, f"still {value} after {timeout_s} s"
         await asyncio.sleep(0.01)
+
+
+async def test_batches_put_back_after_a_lost_script_keep_their_order(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "MAX_BATCH", 10)  # 25 deliveries: 3 batches, 2 sent at once
+    accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
+    await accepter.accept(_incoming("warm-up"))  # the script is loaded, the connection open
+    await redis_client.script_flush()  # as after a restart: both batches in flight get NOSCRIPT
+    results = await asyncio.gather(*(accepter.accept(_incoming(f"o{i}")) for i in range(25)))
+    seqs = [int(await redis_client.hget(keys.delivery(r.delivery_id), "seq") or 0) for r in results]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 25

@@ -173,6 +173,7 @@ class Accepter:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
+        self._requeued = 0  # deliveries at the head of _pending put back by NOSCRIPT, in order
         self._pipe: ReplyPipe | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._send_scheduled = False
@@ -214,7 +215,7 @@ class Accepter:
         except Exception as exc:  # whatever it is, the callers get an answer
             if not isinstance(exc, (RedisError, OSError)):
                 log.exception("cannot open the ingest connection")
-            failed, self._pending = self._pending, []
+            failed, self._pending, self._requeued = self._pending, [], 0
             self._fail(failed)
         finally:
             self._connecting = None
@@ -231,6 +232,7 @@ class Accepter:
             if pipe.in_flight >= BATCHES_IN_FLIGHT:
                 return
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self._requeued = max(0, self._requeued - len(batch))
             try:
                 commands = self._commands(sha, batch)
             except Exception:  # a bug, or a keyring that cannot seal: answer, never leave waiting
@@ -287,9 +289,11 @@ class Accepter:
             self._fail(batch)
         elif isinstance(outcome[0], hiredis.ReplyError) and str(outcome[0]).startswith("NOSCRIPT"):
             # The server restarted and lost its script cache: nothing of the batch ran. It goes
-            # first in line again, once the script is loaded.
+            # back to the head of the line (after a batch sent before it, put back just before),
+            # to be sent again once the script is loaded.
             self._sha = None
-            self._pending[:0] = batch
+            self._pending[self._requeued : self._requeued] = batch
+            self._requeued += len(batch)
         elif any(isinstance(reply, hiredis.ReplyError) for reply in outcome) or (
             self._wait_replicas and int(outcome[1]) < self._wait_replicas
         ):

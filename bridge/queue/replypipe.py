@@ -75,6 +75,7 @@ class ReplyPipe(asyncio.Protocol):
             transport.set_protocol(pipe)
             pipe.connection_made(transport)
         except BaseException:
+            await connection.disconnect(nowait=True)  # never back to the pool half taken over
             await pool.release(connection)
             raise
         return pipe
