@@ -58,12 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, default=None, help="file or folder (default: BRIDGE_MAPPINGS)"
     )
     test = msub.add_parser(
-        "test", help="print the lead commands a mapping makes from a payload; calls nothing"
+        "test", help="print the lead commands a mapping makes from a payload; calls nothing (but --resolve)"
     )
     test.add_argument("name", help="mapping name")
     test.add_argument("payload", type=Path, help="payload file (JSON, form, XML)")
     test.add_argument(
         "--header", action="append", default=[], metavar="K:V", help="a request header, repeatable"
+    )
+    test.add_argument(
+        "--resolve",
+        action="store_true",
+        help="also read each command's table (GET, from CONNECT_BASE_URL) and show the request "
+        "bodies with lead state and custom field ids",
     )
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue (works beside a running service)")
@@ -190,7 +196,20 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
         if not sep:
             raise ConfigError(f"--header {item!r}: expected K:V")
         headers[key.strip().lower()] = value.strip()
-    return mapping_cli.dry_run(args.name, args.payload, headers, settings.mappings_path, environ, sys.stdout)
+    upstream = None
+    if args.resolve:
+        if settings.connect_base_url is None or settings.connect_api_key is None:
+            raise ConfigError(
+                "--resolve reads tables from CONNECT_BASE_URL with CONNECT_API_KEY: set both (for the "
+                "sandbox's tables: `leadbridge sandbox`, then CONNECT_BASE_URL=http://127.0.0.1:8010 "
+                "CONNECT_API_KEY=sandbox-key)"
+            )
+        upstream = mapping_cli.Upstream(
+            settings.connect_base_url, settings.connect_api_key.get_secret_value()
+        )
+    return mapping_cli.dry_run(
+        args.name, args.payload, headers, settings.mappings_path, environ, sys.stdout, resolve=upstream
+    )
 
 
 def _sandbox(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,18 +8,27 @@ then one `ok` line per mapping. `dry_run` parses the payload file the way the wo
 provider's `reparse`, content type from a `--header` or the file extension), plans it and prints
 the Plan as JSON. It calls nothing: an `enrich` fetch is printed (header values and `${VAR}`
 values redacted) instead of made, and the fetched record is null. No secrets reach the output.
+With `--resolve` it reads (GET, nothing else) each command's table from the Connect API of
+CONNECT_BASE_URL, and adds `requests`: the bodies the worker would send, with lead state and
+custom field names resolved to ids; an unknown name is an error, as it would be on delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import orjson
 
-from bridge.errors import BridgeError, InboundError, MappingError
+from bridge.connect import bodies
+from bridge.connect.client import ConnectClient, build_http_client
+from bridge.connect.tables import TableCache
+from bridge.errors import BridgeError, InboundError, MappingError, UpstreamError
+from bridge.mapping.commands import LeadCommand
 from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.loader import load_all
 
@@ -60,6 +69,15 @@ def validate(path: Path, environ: Mapping[str, str], out: TextIO) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """Where `--resolve` reads tables: the Connect API (or a sandbox) and its key."""
+
+    base_url: str
+    api_key: str
+    transport: httpx.AsyncBaseTransport | None = None  # tests: an in-process sandbox
+
+
 def dry_run(
     name: str,
     payload_file: Path,
@@ -67,8 +85,11 @@ def dry_run(
     mappings_path: Path,
     environ: Mapping[str, str],
     out: TextIO,
+    resolve: Upstream | None = None,
 ) -> int:
-    """Plan one payload with mapping `name` and print the Plan as JSON; calls nothing."""
+    """Plan one payload with mapping `name` and print the Plan as JSON; calls nothing. With
+    `resolve`, also read each command's table (GET only) and print the request bodies the
+    worker would send, names resolved to ids; an unknown state or custom field is an error."""
     result = load_all(mappings_path, environ)
     mapping = next((m for m in result.mappings if m.name == name), None)
     if mapping is None:
@@ -94,15 +115,50 @@ def dry_run(
         return 1
     fetcher = _PrintingFetcher(mapping, out)
     try:
-        plan = _run(mapping.plan(payload, enrich=fetcher))
+        shown = _run(_plan(mapping, payload, fetcher, resolve))
     except MappingError as exc:
         out.write(f"error: mapping {name}: {exc.message}\n")
+        return 1
+    except UpstreamError as exc:
+        out.write(f"error: --resolve: cannot read the table: {exc}\n")
         return 1
     except BridgeError as exc:
         out.write(f"error: mapping {name}: {type(exc).__name__}\n")
         return 1
-    out.write(orjson.dumps(plan.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
+    out.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+async def _plan(
+    mapping: CompiledMapping, payload: Any, fetcher: _PrintingFetcher, resolve: Upstream | None
+) -> dict[str, Any]:
+    plan = await mapping.plan(payload, enrich=fetcher)
+    shown: dict[str, Any] = plan.model_dump(mode="json")
+    if resolve is None:
+        return shown
+    client = build_http_client(timeout_s=10.0, max_connections=4, transport=resolve.transport, pool="httpx")
+    async with client as http:
+        tables = TableCache(ConnectClient(http, resolve.base_url, resolve.api_key).get_table, ttl_s=60.0)
+        shown["requests"] = [await _requests(command, tables) for command in plan.commands]
+    return shown
+
+
+async def _requests(command: LeadCommand, tables: TableCache) -> dict[str, Any]:
+    """What the worker sends for `command`: a create, a merge patch, or (upsert) either one,
+    depending on whether its record is linked to an entry yet."""
+    requests: dict[str, Any] = {"index": command.index}
+    if command.action in ("create", "upsert"):
+        requests["create"] = {"POST /connect/table_entries": await bodies.create_body(command, tables)}
+        later = bodies.after_create(command)
+        if later:
+            requests["create"]["then PATCH /connect/table_entries/{id}"] = later
+    if command.action in ("patch", "upsert"):
+        requests["patch"] = (
+            {"PATCH /connect/table_entries/{id}": await bodies.patch_body(command, tables)}
+            if not command.is_empty_patch()
+            else "nothing to send"
+        )
+    return requests
 
 
 def _run(coroutine: Any) -> Any:

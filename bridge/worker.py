@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bridge.connect import bodies
 from bridge.connect.tables import TableCache
 from bridge.errors import Deferred, DeliveryError, InboundError, MappingError, UpstreamError, WaitForLink
 from bridge.mapping.commands import LeadCommand, Plan
@@ -381,32 +382,15 @@ class Deliverer:
         return "skipped", entry_id
 
     async def _create(self, command: LeadCommand, idem: str) -> str:
-        async def build() -> dict[str, Any]:
-            body: dict[str, Any] = {
-                "tableId": command.table,
-                "data": {k: v for k, v in command.data.items() if v is not None},
-                "leadStateId": await self.tables.resolve_state(command.table, command.state),
-            }
-            fields = {k: v for k, v in command.custom_fields.items() if v is not None}
-            if fields:
-                body["customFieldData"] = await self.tables.resolve_fields(command.table, fields)
-            appointment = command.extras.get("interestedInAppointmentTypeId")
-            if appointment is not None:
-                body["interestedInAppointmentTypeId"] = appointment
-            return body
-
         entry = await self._send(
-            command.table, build, lambda body: self.connect.create_entry(body, idem + "c")
+            command.table,
+            lambda: bodies.create_body(command, self.tables),
+            lambda body: self.connect.create_entry(body, idem + "c"),
         )
         entry_id = entry.get("id")
         if entry_id is None:
             raise UpstreamError("create answered without an entry id", retryable=False)
-        # Create does not accept these two: apply them with a patch right after, same command.
-        later = {
-            k: v
-            for k, v in command.extras.items()
-            if k in ("followUpDate", "firstOpenedAt") and v is not None
-        }
+        later = bodies.after_create(command)
         if later:
             await self.connect.patch_entry(str(entry_id), later, idem + "c2")
         return str(entry_id)
@@ -414,21 +398,11 @@ class Deliverer:
     async def _patch(self, command: LeadCommand, entry_id: str, idem: str) -> bool:
         if command.is_empty_patch():
             return False
-
-        async def build() -> dict[str, Any]:
-            patch: dict[str, Any] = {}
-            if command.data:
-                patch["data"] = dict(command.data)
-            if command.custom_fields:
-                patch["customFieldData"] = await self.tables.resolve_fields(
-                    command.table, dict(command.custom_fields)
-                )
-            if command.state is not None:
-                patch["leadStateId"] = await self.tables.resolve_state(command.table, command.state)
-            patch.update(command.extras)
-            return patch
-
-        await self._send(command.table, build, lambda body: self.connect.patch_entry(entry_id, body, idem))
+        await self._send(
+            command.table,
+            lambda: bodies.patch_body(command, self.tables),
+            lambda body: self.connect.patch_entry(entry_id, body, idem),
+        )
         return True
 
     async def _send(

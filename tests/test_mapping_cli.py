@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bridge.mapping.env import read_env_file
@@ -215,3 +216,58 @@ def test_dry_run_gives_reparse_the_header_or_the_guessed_content_type(
     assert seen[0]["content-type"] == content_type
     assert all(key == key.lower() for key in seen[0])
     assert json.loads(output)["commands"][0]["data"] == {"email": "a@b.io"}
+
+
+# -- --resolve: the request bodies, names resolved against the table --------------------------
+
+
+def run_resolved(name: str, payload: Path, mappings: Path, environ: Mapping[str, str]) -> tuple[int, str]:
+    from bridge.mapping_cli import Upstream
+    from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
+
+    sandbox = Upstream("http://sandbox", DEMO_API_KEY, httpx.ASGITransport(app=create_sandbox_app()))
+    out = io.StringIO()
+    code = dry_run(name, payload, {}, mappings, environ, out, resolve=sandbox)
+    return code, out.getvalue()
+
+
+def test_resolve_shows_the_bodies_with_ids_from_the_table() -> None:
+    code, output = run_resolved(
+        "website-contact", PAYLOADS / "website-contact.json", ROOT / "mappings", SANDBOX_ENV
+    )
+    assert code == 0, output
+    shown = json.loads(output)
+    assert shown["commands"] == json.loads((PAYLOADS / "website-contact.expected.json").read_text())
+    (requests,) = shown["requests"]  # an upsert: a create if the record is new, else a patch
+    create = requests["create"]["POST /connect/table_entries"]
+    assert create["leadStateId"] == "6f1d2c3b-8a4e-4b5f-9c6d-7e8f9a0b1c01"  # the default, New
+    assert set(create["customFieldData"]) <= {
+        "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c01",  # Budget
+        "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c02",  # Company
+        "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c03",  # Source
+    }
+    assert create["customFieldData"]["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c03"] == "website"
+    patch = requests["patch"]["PATCH /connect/table_entries/{id}"]
+    assert "leadStateId" not in patch  # no `state:`: a lead further along keeps its state
+    assert patch["customFieldData"]["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c03"] == "website"
+
+
+def test_resolve_names_an_unknown_state_or_field_as_delivery_would(tmp_path: Path) -> None:
+    table = "2b7c9a54-3f1e-4c8a-9d6b-1a2b3c4d5e6f"
+    mapping = GOOD.format(name="wrong").replace("table: t1", f"table: {table}")
+    (tmp_path / "wrong.yaml").write_text(mapping + "  custom_fields:\n    Favourite colour: {value: blue}\n")
+    payload = tmp_path / "p.json"
+    payload.write_text('{"email": "a@example.com"}')
+    code, output = run_resolved("wrong", payload, tmp_path, {})
+    assert code == 1
+    assert output == f"error: mapping wrong: table {table} has no custom field 'Favourite colour'\n"
+
+
+def test_resolve_of_a_table_the_upstream_does_not_know_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "gone.yaml").write_text(GOOD.format(name="gone"))  # table t1: not in the sandbox
+    payload = tmp_path / "p.json"
+    payload.write_text('{"email": "a@example.com"}')
+    code, output = run_resolved("gone", payload, tmp_path, {})
+    assert code == 1
+    assert output.startswith("error: --resolve: cannot read the table: GET tables answered 404")
+    assert output.count("\n") == 1
