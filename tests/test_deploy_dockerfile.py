@@ -161,9 +161,8 @@ def _matches(pattern: str, path: str) -> bool:
     prefixes = ["/".join(path.split("/")[: i + 1]) for i in range(path.count("/") + 1)]
     # Docker's `*` does not cross `/`; compare segment counts to keep that rule.
     return any(
-        fnmatch.fnmatchcase(prefix, candidate) and (
-            "**" in candidate or prefix.count("/") == candidate.count("/")
-        )
+        fnmatch.fnmatchcase(prefix, candidate)
+        and ("**" in candidate or prefix.count("/") == candidate.count("/"))
         for candidate in candidates
         for prefix in prefixes
     )
@@ -192,9 +191,20 @@ def run_hadolint(dockerfile: Path, tmp_path: Path) -> list[dict[str, object]]:
     config = tmp_path / "hadolint.yaml"
     config.write_text("{}\n")  # no repo or user config can silence a rule
     result = subprocess.run(
-        [str(hadolint_binary()), "--config", str(config), "--disable-ignore-pragma", "--no-fail",
-         "--format", "json", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            str(hadolint_binary()),
+            "--config",
+            str(config),
+            "--disable-ignore-pragma",
+            "--no-fail",
+            "--format",
+            "json",
+            str(dockerfile),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     findings: list[dict[str, object]] = json.loads(result.stdout)

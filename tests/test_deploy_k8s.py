@@ -122,7 +122,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def generated(docs: tuple[Doc, ...], base_name: str) -> Doc:
     """The ConfigMap a generator made from `base_name` (with or without its hash suffix)."""
     found = [
-        d for d in of_kind(docs, "ConfigMap")
+        d
+        for d in of_kind(docs, "ConfigMap")
         if re.fullmatch(rf"{re.escape(base_name)}(-[a-z0-9]{{10}})?", d["metadata"]["name"])
     ]
     assert len(found) == 1, f"expected one generated ConfigMap {base_name}, found {len(found)}"
@@ -333,7 +334,11 @@ def test_shipped_mappings_validate() -> None:
     env = {**os.environ, **{k: str(v) for k, v in secret_example()["stringData"].items()}}
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "mappings", "validate", str(BASE / "mappings")],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

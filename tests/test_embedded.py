@@ -56,4 +56,3 @@ def test_stale_record_of_a_dead_owner_is_replaced(tmp_path: Path) -> None:
         assert fresh.process is not None
         assert fresh.process.pid != state["pid"]
     assert not os.path.exists(state_file)
-
