@@ -63,7 +63,7 @@ class ReplyPipe(asyncio.Protocol):
         pool = redis.connection_pool
         connection: AbstractConnection = await pool.get_connection()
         try:
-            # redis-py keeps the connection's stream in `_writer` (4.2 to 5.x, which arq allows)
+            # redis-py (5.3 to 5.x: pyproject, and arq below 6) keeps the stream in `_writer`
             writer = getattr(connection, "_writer", None)
             if not isinstance(writer, asyncio.StreamWriter):
                 raise RuntimeError("this redis-py keeps no stream writer on its connections")
