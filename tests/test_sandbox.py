@@ -281,6 +281,22 @@ async def test_same_key_and_body_replays_without_a_second_entry_or_event(
     assert len(state.events) == 2
 
 
+async def test_past_its_bound_the_oldest_key_is_forgotten(
+    client: httpx.AsyncClient, state: SandboxState, ids: dict[str, str]
+) -> None:
+    state.idempotency.max_records = 3
+    for n in range(4):
+        assert (
+            await create(client, lead(ids, data={"email": f"n{n}@example.com"}), key=f"k{n}")
+        ).status_code == 201
+    assert list(state.idempotency.records) == ["k1", "k2", "k3"]
+    replayed = await create(client, lead(ids, data={"email": "n3@example.com"}), key="k3")
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    again = await create(client, lead(ids, data={"email": "n0@example.com"}), key="k0")  # forgotten: runs
+    assert "Idempotent-Replayed" not in again.headers
+    assert len(state.entries) == 5
+
+
 async def test_same_key_with_another_body_is_422(
     client: httpx.AsyncClient, state: SandboxState, ids: dict[str, str]
 ) -> None:

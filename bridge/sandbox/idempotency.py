@@ -10,6 +10,11 @@ sorted keys, so key order and whitespace do not matter). For one key:
 Requests carrying the same key are serialised by a per-key asyncio lock, so two concurrent
 attempts never both execute: the second waits and gets the replay. Locks exist only while a
 request holds or waits for them.
+
+At most `max_records` records are kept (100,000 by default, some 100 MB at most): past that, the
+oldest is forgotten, so a sandbox left running under load (`leadbridge run --sandbox`, the
+benchmarks) does not grow without end. A retry of a forgotten key runs again, as it would on an
+API that keeps keys for a limited time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import orjson
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_RECORDS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +57,11 @@ def fingerprint(method: str, path: str, document: Any) -> bytes:
 class IdempotencyStore:
     """Stored 2xx responses by key (`records`) and the per-key locks of requests in flight."""
 
-    __slots__ = ("_locks", "records")
+    __slots__ = ("_locks", "max_records", "records")
 
-    def __init__(self) -> None:
-        self.records: dict[str, StoredResponse] = {}
+    def __init__(self, max_records: int = MAX_RECORDS) -> None:
+        self.records: dict[str, StoredResponse] = {}  # oldest first
+        self.max_records = max_records
         self._locks: dict[str, _KeyLock] = {}
 
     @asynccontextmanager
@@ -78,6 +85,8 @@ class IdempotencyStore:
         """Remember a successful answer; anything but a 2xx is ignored (it must not lock the key)."""
         if 200 <= status < 300:
             self.records[key] = StoredResponse(fingerprint, status, body)
+            while len(self.records) > self.max_records:
+                del self.records[next(iter(self.records))]
 
     def clear(self) -> None:
         self.records.clear()
