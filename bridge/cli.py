@@ -198,15 +198,11 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
         headers[key.strip().lower()] = value.strip()
     upstream = None
     if args.resolve:
-        if settings.connect_base_url is None or settings.connect_api_key is None:
-            raise ConfigError(
-                "--resolve reads tables from CONNECT_BASE_URL with CONNECT_API_KEY: set both (for the "
-                "sandbox's tables: `leadbridge sandbox`, then CONNECT_BASE_URL=http://127.0.0.1:8010 "
-                "CONNECT_API_KEY=sandbox-key)"
-            )
-        upstream = mapping_cli.Upstream(
-            settings.connect_base_url, settings.connect_api_key.get_secret_value()
+        base_url, key = settings.require_upstream(
+            "--resolve reads the tables from it; for the sandbox's: `leadbridge sandbox`, then "
+            "CONNECT_BASE_URL=http://127.0.0.1:8010 CONNECT_API_KEY=sandbox-key"
         )
+        upstream = mapping_cli.Upstream(base_url, key.get_secret_value())
     return mapping_cli.dry_run(
         args.name, args.payload, headers, settings.mappings_path, environ, sys.stdout, resolve=upstream
     )

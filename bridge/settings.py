@@ -94,12 +94,12 @@ class Settings(BaseSettings):
             return self.log_format
         return "console" if sys.stderr.isatty() else "json"
 
-    def require_upstream(self) -> tuple[str, SecretStr]:
-        """The upstream URL and key, or a ConfigError naming what is missing."""
+    def require_upstream(self, hint: str = "or use `leadbridge run --sandbox`") -> tuple[str, SecretStr]:
+        """The upstream URL and key, or a ConfigError naming what is missing (and `hint`)."""
         if self.connect_base_url is None:
-            raise ConfigError("CONNECT_BASE_URL is not set (or use `leadbridge run --sandbox`)")
+            raise ConfigError(f"CONNECT_BASE_URL is not set ({hint})")
         if self.connect_api_key is None or not self.connect_api_key.get_secret_value():
-            raise ConfigError("CONNECT_API_KEY is not set (or use `leadbridge run --sandbox`)")
+            raise ConfigError(f"CONNECT_API_KEY is not set ({hint})")
         return self.connect_base_url, self.connect_api_key
 
 

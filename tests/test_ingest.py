@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 from bridge.errors import QueueUnavailable
 from bridge.queue import arq_adapter, ingest, keys, ordering
 from bridge.queue.ingest import Accepter, Incoming
+from tests.servers import until
 
 
 def _incoming(event_id: str, mapping: str = "m") -> Incoming:
@@ -164,7 +164,7 @@ async def test_closing_the_client_closes_the_ingest_connection_without_waiting(r
         assert await _connected_clients(admin) == 2  # admin, and the batches' (it loaded the script)
         async with asyncio.timeout(5):
             await client.aclose()
-        await until(lambda: _connected_clients(admin), lambda n: n == 1)
+        await until(lambda: _only_admin_connected(admin), timeout_s=5)
     finally:
         await admin.aclose()
 
@@ -173,11 +173,8 @@ async def _connected_clients(redis: Redis) -> int:
     return int((await redis.info("clients"))["connected_clients"])
 
 
-async def until(read: Callable[[], Awaitable[int]], ok: Callable[[int], bool], timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ok(value := await read()):
-        assert time.monotonic() < deadline, f"still {value} after {timeout_s} s"
-        await asyncio.sleep(0.01)
+async def _only_admin_connected(admin: Redis) -> bool:
+    return await _connected_clients(admin) == 1
 
 
 async def test_batches_put_back_after_a_lost_script_keep_their_order(

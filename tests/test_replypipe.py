@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from bridge.queue import keys
 from bridge.queue.replypipe import ReplyPipe
+from tests.servers import until
 
 
 class Outcomes:
@@ -24,20 +25,12 @@ class Outcomes:
 
     def __init__(self) -> None:
         self.got: list[tuple[str, list[Any] | Exception]] = []
-        self.changed = asyncio.Event()
 
     def done(self, name: str) -> Any:
-        def record(outcome: list[Any] | Exception) -> None:
-            self.got.append((name, outcome))
-            self.changed.set()
-
-        return record
+        return lambda outcome: self.got.append((name, outcome))
 
     async def count(self, n: int) -> None:
-        async with asyncio.timeout(5):
-            while len(self.got) < n:
-                self.changed.clear()
-                await self.changed.wait()
+        await until(lambda: len(self.got) >= n, timeout_s=5)
 
 
 async def test_pipelined_exchanges_get_their_own_replies_in_order(redis_client: Redis) -> None:

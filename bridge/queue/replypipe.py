@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 Done = Callable[[list[Any] | Exception], None]
 
@@ -53,7 +53,7 @@ class ReplyPipe(asyncio.Protocol):
         self._timeout_s = timeout_s
         self._transport: asyncio.Transport | None = None
         self._connection: AbstractConnection | None = None
-        self._redis: Redis | None = None
+        self._pool: ConnectionPool | None = None  # where the connection goes back to
         self._stream_protocol: asyncio.BaseProtocol | None = None  # redis-py's, until taken over
         self._lost: Exception | None = None
 
@@ -68,7 +68,7 @@ class ReplyPipe(asyncio.Protocol):
             if not isinstance(writer, asyncio.StreamWriter):
                 raise RuntimeError("this redis-py keeps no stream writer on its connections")
             pipe = cls(connection.socket_timeout)
-            pipe._connection, pipe._redis = connection, redis
+            pipe._connection, pipe._pool = connection, pool
             # (uvloop's transports are not subclasses of asyncio's: no isinstance check)
             transport = cast(asyncio.Transport, writer.transport)
             pipe._stream_protocol = transport.get_protocol()
@@ -104,10 +104,10 @@ class ReplyPipe(asyncio.Protocol):
     async def give_back(self) -> None:
         """Close the connection (failing what is in flight) and return it to the pool."""
         self._close(ConnectionError("the connection was closed"))
-        connection, redis, self._connection, self._redis = self._connection, self._redis, None, None
-        if connection is not None and redis is not None:
+        connection, pool, self._connection, self._pool = self._connection, self._pool, None, None
+        if connection is not None and pool is not None:
             await connection.disconnect(nowait=True)
-            await redis.connection_pool.release(connection)
+            await pool.release(connection)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
