@@ -179,7 +179,8 @@ class Harness:
         return env
 
     async def start_web(self, kind: str) -> str:
-        """Start a web server: baseline "a" or "b", or leadbridge "serve" or "run". Its base URL."""
+        """Start a web server: baseline "a" or "b", leadbridge "serve" or "run", or "nostore"
+        (`serve` storing nothing, a measuring stick). Its base URL."""
         port = free_port()
         if kind in ("a", "b"):
             name = f"web-{kind}"
@@ -188,6 +189,11 @@ class Harness:
                 argv += ["--redis", self.base_valkey.url]
             self.procs.start(name, argv, cwd=ROOT)
             await self.wait_http(name, f"http://127.0.0.1:{port}/")
+        elif kind == "nostore":  # `serve` answering at once, storing nothing: see lb_patched
+            env = self.lb_env(port, free_port())
+            env["BENCH_PATCHES"] = ",".join(filter(None, (self.patches, "nostore")))
+            self.procs.start(kind, [self.python, "-m", "bench.lb_patched", "serve"], env=env, cwd=ROOT)
+            await self.wait_http(kind, f"http://127.0.0.1:{port}/healthz")
         else:
             env = self.lb_env(port, free_port())
             self.procs.start(kind, [self.python, *self.leadbridge, kind], env=env, cwd=ROOT)

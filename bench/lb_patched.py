@@ -14,6 +14,10 @@ Used by `bench/run.py --patch ...` and `bench/profile.py --patch ...` instead of
     sniffio  what installing `sniffio` does: httpcore imports it on every request and connection
              event (`current_async_library`), and without it each import is a failed search of
              sys.path (stat calls); a stand-in module answering "asyncio" ends that
+    nostore  not a proposal but a measuring stick: every webhook is answered 202 at once and
+             nothing is stored (`Accepter.accept` returns without Valkey). What `serve` does at
+             64 connections with it is the ceiling of its HTTP path (verify, parse, answer):
+             no store, however fast, could take it past that (the bench's "storing skipped" row)
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import asyncio
 import os
 import sys
 from typing import Any
-
-KNOWN = ("nodelay", "uvloop", "aiohttp", "sniffio")
 
 
 def _nodelay() -> None:
@@ -69,13 +71,32 @@ def _sniffio() -> None:
         sys.modules["sniffio"] = stand_in
 
 
+def _nostore() -> None:
+    from bridge.queue import ingest
+
+    async def accept(self: ingest.Accepter, incoming: ingest.Incoming) -> ingest.Accepted:
+        delivery_id = ingest.new_delivery_id(counter=self._next_counter())
+        return ingest.Accepted(delivery_id=delivery_id, duplicate=False)
+
+    ingest.Accepter.accept = accept  # type: ignore[method-assign]
+
+
+PATCHES = {
+    "nodelay": _nodelay,
+    "uvloop": _uvloop,
+    "aiohttp": _aiohttp,
+    "sniffio": _sniffio,
+    "nostore": _nostore,
+}
+
+
 def main() -> None:
     patches = [p.strip() for p in os.environ.get("BENCH_PATCHES", "").split(",") if p.strip()]
-    unknown = sorted(set(patches) - set(KNOWN))
+    unknown = sorted(set(patches) - set(PATCHES))
     if unknown:
-        raise SystemExit(f"unknown patch(es) {unknown}; known: {', '.join(KNOWN)}")
+        raise SystemExit(f"unknown patch(es) {unknown}; known: {', '.join(PATCHES)}")
     for name in patches:
-        {"nodelay": _nodelay, "uvloop": _uvloop, "aiohttp": _aiohttp, "sniffio": _sniffio}[name]()
+        PATCHES[name]()
     from bridge.cli import main as cli_main
 
     cli_main(sys.argv[1:])

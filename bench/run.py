@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         metavar="NAME,...",
         help="run leadbridge with experimental changes (bench/lb_patched.py): "
-        "nodelay, uvloop, aiohttp, sniffio",
+        "nodelay, uvloop, aiohttp, sniffio, nostore",
     )
     parser.add_argument(
         "--only",
