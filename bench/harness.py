@@ -40,6 +40,7 @@ MAPPING_NAME = "bench-hmac"
 SANDBOX_KEY = "sandbox-key"
 QUEUE_KEY = "arq:queue"  # the queue both arq (baselines) and leadbridge use
 DLQ_KEY = "lb:dlq"
+STALL_MS = 5  # Valkey's latency monitor notes events (an fsync, a fork, a command) this long or longer
 
 
 def log(message: str) -> None:
@@ -84,6 +85,8 @@ class Harness:
         self.valkeys.append(self.base_valkey)
         self.lb_redis = Redis.from_url(self.lb_valkey.url)
         self.base_redis = Redis.from_url(self.base_valkey.url)
+        for redis in (self.lb_redis, self.base_redis):  # Valkey notes its own stalls (see stalls())
+            await redis.config_set("latency-monitor-threshold", STALL_MS)
         self.sandbox_port = free_port()
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         argv = [self.python, "-m", "bench.sandbox_server", "--port", str(self.sandbox_port)]
@@ -277,6 +280,35 @@ class Harness:
 
     # -- queues ---------------------------------------------------------------------------------
 
+    async def clean_slate(self, redis: Redis, timeout_s: float = 60.0) -> None:
+        """Empty a Valkey and start its measurement from the same state as any other: the data
+        gone, the append-only file rewritten to nothing (BGREWRITEAOF, waited for) and every
+        file write of the machine on disk (sync). Otherwise the last measurement's leftovers
+        (a 200 MB file deleted, a rewrite still writing) stall this one's fsyncs: deleting a
+        200 MB file made a concurrent fdatasync take 20-30 ms here, writing one 70 ms."""
+        await redis.flushall()
+        await redis.execute_command("BGREWRITEAOF")
+
+        async def rewritten() -> bool:
+            info = await redis.info("persistence")
+            return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+
+        if not await self.until(rewritten, timeout_s, interval_s=0.05):
+            raise RuntimeError(f"Valkey did not finish rewriting its append-only file within {timeout_s} s")
+        await asyncio.to_thread(os.sync)
+
+    @staticmethod
+    async def reset_stalls(redis: Redis) -> None:
+        await redis.execute_command("LATENCY", "RESET")
+
+    @staticmethod
+    async def stalls(redis: Redis) -> dict[str, int]:
+        """The longest of each kind of stall (ms, STALL_MS or more) Valkey noted since
+        reset_stalls: `aof-fsync-always` is an fsync of the append-only file that a write waited
+        for, `fork` the start of a rewrite of that file, `command` a slow command."""
+        latest = await redis.execute_command("LATENCY", "LATEST")
+        return {_text(event[0]): int(event[3]) for event in latest or []}
+
     @staticmethod
     async def reset_command_stats(redis: Redis) -> None:
         await redis.config_resetstat()
@@ -370,3 +402,7 @@ class Harness:
             "uss_mib": sampler.peak_uss,
             "cpu_pct": cpu.result,
         }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -31,6 +31,8 @@ SWEEP = (1, 8, 64, 256)
 INGEST_ROUNDS = 3  # 64-connection rounds per server, taken in turns; the best counts
 INGEST_RATIO = 0.50
 INGEST_P99_MS = 10.0
+# Fixed rates (webhooks/s) of the open-loop ingest runs, (a) and `serve` alike, 64 connections.
+OPEN_LOOP_RATES = (1000, 2000, 4000, 6000)
 DELIVERY_RATIO = 1.5
 DELIVERY_100MS_LEADS_S = 500.0
 WHOLE_RATIO = 2.0
@@ -191,6 +193,10 @@ class Scenarios:
                 for kind, label in WEB_LABELS.items():
                     point = await self._ingest_point(kind, urls[kind], 64)
                     self.results.sweep[label].append({**point, "round": round_})
+            for kind in ("a", "serve"):
+                log(f"ingest: {WEB_LABELS[kind]} at fixed rates (open loop, 64 connections)")
+                points = [await self._open_loop_point(kind, urls[kind], rate) for rate in OPEN_LOOP_RATES]
+                self.results.details.setdefault("ingest_open_loop", {})[WEB_LABELS[kind]] = points
         finally:
             for kind in urls:
                 self.h.procs.stop(self._web_name(kind))
@@ -214,8 +220,9 @@ class Scenarios:
         name = self._web_name(kind)
         redis = self._redis_of(kind)
         valkey_pid = self.h.lb_valkey_pid if kind == "serve" else self.h.base_valkey_pid
-        await redis.flushall()
+        await self.h.clean_slate(redis)
         await self.h.reset_command_stats(redis)
+        await self.h.reset_stalls(redis)
         seconds = self.d.main_s if connections == 64 else self.d.sweep_s
         pids = {name: self.h.procs.pid(name), "valkey": valkey_pid}
         with RssSampler(self.h.procs.pid(name)) as rss, CpuMeter(pids) as cpu:
@@ -226,6 +233,7 @@ class Scenarios:
         point["cpu_us_per_request"] = _per(cpu.result.get(name), point["req_per_s"], 1e6)
         if kind in ("b", "serve"):
             point["redis_commands_per_request"] = await self.h.command_stats(redis, point["ok"])
+            point["valkey_stalls_ms"] = await self.h.stalls(redis)
         if kind == "serve":  # every 2xx must be a NEW stored delivery, not a duplicate
             point["queued"] = int(await redis.zcard(QUEUE_KEY))
             if point["queued"] < point["ok"]:
@@ -234,6 +242,27 @@ class Scenarios:
             f"  {name} c={connections}: {point['req_per_s']:,.0f} req/s, p50 {point['p50_ms']:.2f} ms, "
             f"p99 {point['p99_ms']:.2f} ms, cpu {cpu.result}"
         )
+        return point
+
+    async def _open_loop_point(self, kind: str, url: str, rate: int) -> dict[str, Any]:
+        """bench/loadgen.py at `rate` for main_s: latency from when each request was due, so a
+        server that falls behind shows it (wrk's closed loop would slow down with it instead)."""
+        redis = self._redis_of(kind)
+        await self.h.clean_slate(redis)
+        await self.h.reset_stalls(redis)
+        load = await self.h.loadgen(url, rate, self.d.main_s, f"o{kind}")
+        point = {
+            "rate": rate,
+            "scheduled": load["scheduled"],
+            "answered": load["completed"],
+            "statuses": load["statuses"],
+            "dispatch_lag_s": load["dispatch_lag_s"],
+            "p50_ms": rounded(load["latency_ms"]["p50"]),
+            "p99_ms": rounded(load["latency_ms"]["p99"]),
+            "max_ms": rounded(load["latency_ms"]["max"]),
+            "valkey_stalls_ms": await self.h.stalls(redis) if kind == "serve" else {},
+        }
+        log(f"  {self._web_name(kind)} at {rate:,}/s: {point}")
         return point
 
     def _ingest_rows(self) -> None:
@@ -270,7 +299,8 @@ class Scenarios:
                 _verdict(ratio >= INGEST_RATIO and lb["p99_ms"] <= INGEST_P99_MS and "warning" not in lb),
                 note=f"{lb['queued']:,} new deliveries stored for {lb['ok']:,} 2xx answers; server CPU "
                 f"{lb['cpu_us_per_request']} us/request (CPU ratio to (a): {cpu_ratio:.2f}x); "
-                f"cpu % {lb['cpu_pct']}",
+                f"cpu % {lb['cpu_pct']}; p90 {lb['p90_ms']} ms, max {lb['max_ms']} ms; Valkey stalls "
+                f"(longest, ms) {lb['valkey_stalls_ms']}",
             )
         )
         rows.append(
@@ -284,6 +314,7 @@ class Scenarios:
                 target="(issue: ~3x)",
             )
         )
+        self._open_loop_rows()
         bare = at64[WEB_LABELS["nostore"]]
         rows.append(
             Row(
@@ -301,6 +332,28 @@ class Scenarios:
                 f"server CPU {bare['cpu_us_per_request']} us/request; cpu % {bare['cpu_pct']}",
             )
         )
+
+    def _open_loop_rows(self) -> None:
+        runs = self.results.details.get("ingest_open_loop", {})
+        served, bare = runs.get(WEB_LABELS["serve"], []), runs.get(WEB_LABELS["a"], [])
+        for point, base in zip(served, bare, strict=True):
+            ok = point["statuses"].get("202", 0)
+            warning = "" if ok == point["scheduled"] else f"; only {ok:,} of {point['scheduled']:,} got 202"
+            self.results.rows.append(
+                Row(
+                    f"ingest leadbridge serve, {point['rate']:,}/s (open loop)",
+                    point["rate"],
+                    "webhooks/s",
+                    point["p50_ms"],
+                    point["p99_ms"],
+                    baseline="(a) same rate",
+                    baseline_value=base["p99_ms"],
+                    target="(context: p99, ms)",
+                    note=f"fixed rate, latency from when each request was due; max {point['max_ms']} ms; "
+                    f"Valkey stalls (longest, ms) {point['valkey_stalls_ms']}; (a) at the same rate: "
+                    f"p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms{warning}",
+                )
+            )
 
     # -- delivery -------------------------------------------------------------------------------
 
