@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from bench.meters import CpuMeter, RssSampler
 from bench.procs import Processes, free_port
@@ -287,14 +288,28 @@ class Harness:
         (a 200 MB file deleted, a rewrite still writing) stall this one's fsyncs: deleting a
         200 MB file made a concurrent fdatasync take 20-30 ms here, writing one 70 ms."""
         await redis.flushall()
-        await redis.execute_command("BGREWRITEAOF")
 
-        async def rewritten() -> bool:
+        async def idle() -> bool:
             info = await redis.info("persistence")
             return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
 
-        if not await self.until(rewritten, timeout_s, interval_s=0.05):
-            raise RuntimeError(f"Valkey did not finish rewriting its append-only file within {timeout_s} s")
+        # A rewrite already running (Valkey starts one by itself when the file has grown) may
+        # have begun before the flush: wait for it, then rewrite the empty data set, again if
+        # Valkey's own timer started another in between ("already in progress").
+        for _ in range(5):
+            if not await self.until(idle, timeout_s, interval_s=0.05):
+                raise RuntimeError(f"Valkey's append-only file rewrite did not end within {timeout_s} s")
+            try:
+                await redis.execute_command("BGREWRITEAOF")
+            except ResponseError as exc:
+                if "in progress" not in str(exc):
+                    raise
+                continue
+            break
+        else:
+            raise RuntimeError("Valkey kept starting its own rewrite of the append-only file")
+        if not await self.until(idle, timeout_s, interval_s=0.05):
+            raise RuntimeError(f"Valkey's append-only file rewrite did not end within {timeout_s} s")
         await asyncio.to_thread(os.sync)
 
     @staticmethod
