@@ -72,7 +72,7 @@ class Durations:
     @classmethod
     def pick(cls, quick: bool) -> Durations:
         if quick:
-            return cls(1, 3, 5, 3000, 1500, 200, 8, 30, 8, 8.0, 1.5, 1.0, 330)
+            return cls(1, 3, 5, 3000, 1500, 200, 8, 30, 8, 8.0, 1.5, 1.0, 480)
         return cls(2, 5, 10, 8000, 4000, 300, 15, 60, 15, 15.0, 3.0, 2.0, 840)
 
 
