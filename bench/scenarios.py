@@ -315,21 +315,21 @@ class Scenarios:
             )
         )
         self._open_loop_rows()
-        bare = at64[WEB_LABELS["nostore"]]
+        nostore = at64[WEB_LABELS["nostore"]]
         rows.append(
             Row(
                 f"ingest {WEB_LABELS['nostore']}, c=64",
-                bare["req_per_s"],
+                nostore["req_per_s"],
                 "req/s",
-                bare["p50_ms"],
-                bare["p99_ms"],
+                nostore["p50_ms"],
+                nostore["p99_ms"],
                 None,  # bench.lb_patched imports more than `serve` does: its RSS says nothing
                 "(a)",
                 a["req_per_s"],
-                bare["req_per_s"] / a["req_per_s"],
+                nostore["req_per_s"] / a["req_per_s"],
                 "(context: no store)",
                 note=f"serve answering 202 at once and storing nothing (bench/lb_patched.py nostore): "
-                f"server CPU {bare['cpu_us_per_request']} us/request; cpu % {bare['cpu_pct']}",
+                f"server CPU {nostore['cpu_us_per_request']} us/request; cpu % {nostore['cpu_pct']}",
             )
         )
 
