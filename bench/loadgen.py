@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
     def send(self, index: int, start: float) -> None:
         bench_id, raw = self.load.target.request(index)
         self.current = (bench_id, start)
+        self.load.in_flight += 1
         assert self.transport is not None
         self.transport.write(raw)
 
@@ -96,6 +97,7 @@ class Connection(asyncio.Protocol):
         if self.current is not None:
             bench_id, start = self.current
             self.current = None
+            self.load.in_flight -= 1
             self.load.records.append((bench_id, start, time.time(), status))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,9 +110,9 @@ class Load:
     """Requests due at start + i/rate, handed to idle connections in order; a request that finds
     none waits in `backlog`, and its latency still counts from when it was due."""
 
-    def __init__(self, target: Target, connections: int) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
-        self.connections = connections
+        self.in_flight = 0  # requests sent and not yet answered
         self.records: list[Record] = []
         self.backlog: collections.deque[tuple[int, float]] = collections.deque()
         self.free: collections.deque[Connection] = collections.deque()
@@ -154,7 +156,7 @@ class Load:
         self._check_drained()
 
     def busy(self) -> bool:
-        return bool(self.backlog) or any(c.current is not None for c in self.open)
+        return bool(self.backlog) or self.in_flight > 0
 
     def close(self) -> None:
         self.closing = True
@@ -166,18 +168,18 @@ class Load:
 async def run(
     target: Target, rate: float, duration_s: float, connections: int, drain_s: float
 ) -> dict[str, Any]:
-    load = Load(target, connections)
+    load = Load(target)
     await asyncio.gather(*(load.connect() for _ in range(connections)))
     total = int(rate * duration_s)
-    start = time.time() + 0.1
+    begin = time.time() + 0.1
     index = 0
     while index < total:
         now = time.time()
-        while index < total and start + index / rate <= now:  # everything due by now
-            load.due(index, start + index / rate)
+        while index < total and begin + index / rate <= now:  # everything due by now
+            load.due(index, begin + index / rate)
             index += 1
         if index < total:  # the event loop's timers have millisecond steps: never spin below that
-            await asyncio.sleep(max(TICK_S, start + index / rate - time.time()))
+            await asyncio.sleep(max(TICK_S, begin + index / rate - time.time()))
     dispatched_at = time.time()
     load.drained.clear()
     if load.busy():
@@ -188,7 +190,7 @@ async def run(
     statuses: dict[str, int] = {}
     for record in records:
         statuses[str(record[3])] = statuses.get(str(record[3]), 0) + 1
-    latencies = sorted(done - due for _, due, done, _ in records)
+    latencies = sorted(done - start for _, start, done, _ in records)
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else 0.0
@@ -198,7 +200,7 @@ async def run(
         "duration_s": duration_s,
         "scheduled": total,
         "completed": len(records),
-        "dispatch_lag_s": round(dispatched_at - (start + duration_s), 3),
+        "dispatch_lag_s": round(dispatched_at - (begin + duration_s), 3),
         "statuses": statuses,
         "latency_ms": {"p50": pct(50), "p99": pct(99), "max": latencies[-1] * 1000 if latencies else 0.0},
         "records": records,
