@@ -293,23 +293,24 @@ class Harness:
             info = await redis.info("persistence")
             return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
 
+        async def rewrites_over() -> None:
+            if not await self.until(idle, timeout_s, interval_s=0.05):
+                raise RuntimeError(f"Valkey's append-only file rewrite did not end within {timeout_s} s")
+
         # A rewrite already running (Valkey starts one by itself when the file has grown) may
         # have begun before the flush: wait for it, then rewrite the empty data set, again if
         # Valkey's own timer started another in between ("already in progress").
         for _ in range(5):
-            if not await self.until(idle, timeout_s, interval_s=0.05):
-                raise RuntimeError(f"Valkey's append-only file rewrite did not end within {timeout_s} s")
+            await rewrites_over()
             try:
                 await redis.execute_command("BGREWRITEAOF")
+                break
             except ResponseError as exc:
                 if "in progress" not in str(exc):
                     raise
-                continue
-            break
         else:
             raise RuntimeError("Valkey kept starting its own rewrite of the append-only file")
-        if not await self.until(idle, timeout_s, interval_s=0.05):
-            raise RuntimeError(f"Valkey's append-only file rewrite did not end within {timeout_s} s")
+        await rewrites_over()
         await asyncio.to_thread(os.sync)
 
     @staticmethod
