@@ -22,6 +22,7 @@ unexpected exception dead-letters the delivery (its type in the reason, the stac
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -333,7 +334,13 @@ class Deliverer:
                 if last_for_key:
                     await self.ordering.release(record.id, command.link, command.key)
                 return False
-            outcome, entry_id = await self._apply(record, command, turn.last_order, turn.entry_id)
+            outcome, entry_id = await self._apply(
+                record,
+                command,
+                turn.last_order,
+                turn.entry_id,
+                on_created=functools.partial(self.ordering.link, turn),
+            )
             await self.ordering.end(
                 turn,
                 entry_id or outcome,
@@ -365,10 +372,17 @@ class Deliverer:
         )
 
     async def _apply(
-        self, record: DeliveryRecord, command: LeadCommand, last_order: str | None, linked: str | None
+        self,
+        record: DeliveryRecord,
+        command: LeadCommand,
+        last_order: str | None,
+        linked: str | None,
+        *,
+        on_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[str, str | None]:
         """Create or patch; `last_order` and `linked` (the record's entry id) are what the turn
-        read for a keyed command, both None for an unkeyed one (always a create)."""
+        read for a keyed command, both None for an unkeyed one (always a create). `on_created`
+        gets a new entry's id as soon as the create answers (see `_create`)."""
         if command.order is not None and last_order is not None and _older(command.order, last_order):
             return "stale", None
         entry_id = linked if command.action != "create" else None
@@ -376,12 +390,18 @@ class Deliverer:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
         idem = idempotency_key(record.mapping, record.event_id, command.index, "")
         if entry_id is None:
-            return "created", await self._create(command, idem)
+            return "created", await self._create(command, idem, on_created)
         if await self._patch(command, entry_id, idem + "p"):
             return "patched", entry_id
         return "skipped", entry_id
 
-    async def _create(self, command: LeadCommand, idem: str) -> str:
+    async def _create(
+        self, command: LeadCommand, idem: str, on_created: Callable[[str], Awaitable[None]] | None
+    ) -> str:
+        """Create the entry, then patch what a create cannot set. The entry exists from the
+        create's answer on: `on_created` (a keyed command's link) is told before the patch, so a
+        patch that fails for good (dead-lettered) leaves the record linked to its entry, and the
+        record's next delivery patches that entry instead of creating a second one."""
         entry = await self._send(
             command.table,
             lambda: bodies.create_body(command, self.tables),
@@ -392,6 +412,8 @@ class Deliverer:
             raise UpstreamError("create answered without an entry id", retryable=False)
         later = bodies.after_create(command)
         if later:
+            if on_created is not None:
+                await on_created(str(entry_id))
             await self.connect.patch_entry(str(entry_id), later, idem + "c2")
         return str(entry_id)
 

@@ -166,6 +166,45 @@ async def test_follow_up_date_on_create_is_applied_right_after(crm: Pipeline) ->
     assert entry["followUpDate"].startswith("2026-01-01T00:00:00")
 
 
+RAW_FOLLOW_UP = (
+    HEADER
+    + """\
+name: raw-follow-up
+action: upsert
+key: id
+lead:
+  data:
+    email: {path: email, when: "email != null"}
+  follow_up_date: {path: follow_up, when: "follow_up != null"}
+"""
+)
+
+
+async def test_a_create_whose_follow_up_patch_fails_for_good_stays_linked(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The create answers, then the patch of what a create cannot set is refused (400: not a
+    # date) and the delivery is dead-lettered. The entry exists all the same: the record's next
+    # delivery must patch it, not create a second lead (two `added` automations).
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"raw.yaml": RAW_FOLLOW_UP},
+        environ={"CONTACT_SECRET": SECRET},
+    ) as pipe:
+        first = await _send(
+            pipe, "raw-follow-up", {"id": 21, "email": "f@example.com", "follow_up": "next tuesday"}, "dead"
+        )
+        reason = (await pipe.redis.hget(f"lb:d:{first}", "reason")).decode()
+        assert "400" in reason or "followUpDate" in reason, reason
+        created = await _only_entry(pipe)
+        await _send(pipe, "raw-follow-up", {"id": 21, "email": "g@example.com"})
+        entry = await _only_entry(pipe)
+        assert entry["id"] == created["id"]
+        assert entry["data"] == {"email": "g@example.com"}
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
 async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
     raw = orjson.dumps({"id": 11, "note": "called back"})
     early = (await crm.post("crm-patch", raw, sign(raw))).json()["delivery_id"]

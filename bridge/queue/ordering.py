@@ -342,6 +342,11 @@ class Ordering:
             if not held.ended:
                 await self._release(keys=[step.lock], args=[token])
 
+    async def link(self, held: Turn, entry_id: str) -> None:
+        """Link the step's record to `entry_id` now, before the step ends (`end` links it too):
+        the entry exists even if the rest of the step fails."""
+        await self._redis.set(held.step.linked, entry_id)
+
     async def end(
         self,
         held: Turn,
