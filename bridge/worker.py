@@ -44,6 +44,7 @@ from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
 from bridge.queue.ordering import Ordering, Registration, Step
+from bridge.queue.sent import SentBodies, frees_key
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
 
@@ -92,6 +93,7 @@ class Deliverer:
         self.ordering = Ordering(
             redis, retention_s=settings.retention_s, lease_s=settings.job_lease_s, rng=self.rng
         )
+        self.sent = SentBodies(redis, keyring, settings.retention_s)
 
     async def deliver(
         self, ctx: dict[str, Any], delivery_id: str, preloaded: list[dict[bytes, bytes]] | None = None
@@ -322,9 +324,10 @@ class Deliverer:
     ) -> bool:
         """Apply one command unless an earlier run did. With `finish` (the delivery's last
         command), a keyed command's end also marks the delivery delivered: returns True then."""
+        idem = idempotency_key(record.mapping, record.event_id, command.index, "")
         if command.key is None:
             outcome, entry_id = await self._apply(record, command, None, None)
-            await self._record_done(record, command, entry_id or outcome)
+            await self._record_done(record, command, entry_id or outcome, _pins(idem))
             self._count(record, command, outcome)
             return False
         step = Step(record.id, record.seq, command.link, command.key, command.index)
@@ -348,15 +351,19 @@ class Deliverer:
                 link_to=entry_id if outcome == "created" else None,
                 order=command.order if command.order is not None and outcome != "stale" else None,
                 finish=(record.mapping, record.registered) if finish else None,
+                unpin=_pins(idem),
             )
         self._count(record, command, outcome)
         return finish
 
-    async def _record_done(self, record: DeliveryRecord, command: LeadCommand, result: str) -> None:
+    async def _record_done(
+        self, record: DeliveryRecord, command: LeadCommand, result: str, unpin: list[str]
+    ) -> None:
         done_key = keys.done(record.id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(done_key, str(command.index), result)
             pipe.expire(done_key, self.settings.retention_s)
+            pipe.delete(*unpin)
             await pipe.execute()
 
     def _count(self, record: DeliveryRecord, command: LeadCommand, outcome: str) -> None:
@@ -403,9 +410,10 @@ class Deliverer:
         patch that fails for good (dead-lettered) leaves the record linked to its entry, and the
         record's next delivery patches that entry instead of creating a second one."""
         entry = await self._send(
-            command.table,
+            idem + "c",
             lambda: bodies.create_body(command, self.tables),
             lambda body: self.connect.create_entry(body, idem + "c"),
+            table_id=command.table,
         )
         entry_id = entry.get("id")
         if entry_id is None:
@@ -414,36 +422,57 @@ class Deliverer:
         if later:
             if on_created is not None:
                 await on_created(str(entry_id))
-            await self.connect.patch_entry(str(entry_id), later, idem + "c2")
+            await self._send(
+                idem + "c2",
+                lambda: _ready(later),
+                lambda body: self.connect.patch_entry(str(entry_id), body, idem + "c2"),
+            )
         return str(entry_id)
 
     async def _patch(self, command: LeadCommand, entry_id: str, idem: str) -> bool:
         if command.is_empty_patch():
             return False
         await self._send(
-            command.table,
+            idem,
             lambda: bodies.patch_body(command, self.tables),
             lambda body: self.connect.patch_entry(entry_id, body, idem),
+            table_id=command.table,
         )
         return True
 
     async def _send(
         self,
-        table_id: str,
+        idem: str,
         build: Callable[[], Awaitable[dict[str, Any]]],
         send: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+        *,
+        table_id: str | None = None,
     ) -> dict[str, Any]:
-        """Build the body and send it; on an upstream 400 the table may have changed under us
-        (a renamed or deleted custom field): refresh the cached table once, rebuild, resend."""
+        """Build the body and send it under the idempotency key `idem`, or the body an earlier
+        attempt pinned under it (`bridge.queue.sent`). On an upstream 400 the table may have
+        changed under us (a renamed or deleted custom field): refresh the cached table once,
+        rebuild, resend."""
         for refreshed in (False, True):
-            body = await build()
+            body = await self.sent.pin(idem, await build())
             try:
                 return await send(body)
             except UpstreamError as exc:
-                if exc.status != 400 or refreshed:
+                if frees_key(exc.status):
+                    await self.sent.unpin(idem)
+                if exc.status != 400 or refreshed or table_id is None:
                     raise
                 self.tables.invalidate(table_id)
         raise AssertionError("unreachable")
+
+
+def _pins(idem: str) -> list[str]:
+    """The pinned bodies a command may have (`bridge.queue.sent`): create, its follow-up
+    patch, patch."""
+    return [keys.sent(idem + step) for step in ("c", "c2", "p")]
+
+
+async def _ready(body: dict[str, Any]) -> dict[str, Any]:
+    return body
 
 
 def _older(candidate: str, last: str) -> bool:

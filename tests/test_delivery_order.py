@@ -21,6 +21,7 @@ from tests.pipeline import SECRET, pipeline, sign
 from tests.servers import until
 
 STAGES = ["New", "Contacted", "Qualified", "Won", "Lost"]
+PINS = [keys.sent(f"idem-{step}") for step in ("c", "c2", "p")]  # a command's pinned bodies
 
 CRM = f"""\
 version: 1
@@ -179,7 +180,7 @@ async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client:
     step = Step("d", 1, "l", "k", 3)
     async with ordering.turn(step, {"m"}) as held:
         assert (held.done, held.entry_id, held.last_order) == (False, None, None)
-        await ordering.end(held, "entry-1", leave_pending=True, link_to="entry-1", order="7")
+        await ordering.end(held, "entry-1", leave_pending=True, link_to="entry-1", order="7", unpin=PINS)
     assert await redis_client.hget(keys.done("d"), "3") == b"entry-1"
     assert await redis_client.get(step.linked) == b"entry-1"
     assert await redis_client.get(step.order) == b"7"
@@ -278,7 +279,7 @@ async def test_the_last_step_ended_with_finish_delivers_it_and_ends_its_job(redi
     await redis_client.zadd(keys.DLQ, {"f": 1.0})  # a replayed dead letter
     joined = await ordering.register("f", "m", 1, [("l", "k1"), ("l", "k2")])
     async with ordering.turn(Step("f", 1, "l", "k2", 1), {"m"}) as held:
-        await ordering.end(held, "entry-2", leave_pending=True, finish=("m", joined))
+        await ordering.end(held, "entry-2", leave_pending=True, finish=("m", joined), unpin=PINS)
     assert await redis_client.hget(keys.delivery("f"), "status") == b"delivered"
     assert not await redis_client.hexists(keys.delivery("f"), "reason")
     assert await redis_client.zscore(keys.DLQ, "f") is None

@@ -205,6 +205,50 @@ async def test_a_create_whose_follow_up_patch_fails_for_good_stays_linked(
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
 
 
+SIMPLE = (
+    HEADER
+    + """\
+name: simple
+action: upsert
+key: id
+lead:
+  data:
+    email: email
+"""
+)
+
+
+async def test_a_retry_after_a_lost_answer_resends_the_first_body_though_the_mapping_changed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The create is applied upstream but its answer is lost; before the retry, the mapping is
+    # reloaded with one more field. The retry must send the body first sent under its
+    # idempotency key (the upstream answers 422 to the same key with another body, and the
+    # delivery would die unlinked: the record's next delivery would create a second lead).
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"simple.yaml": SIMPLE},
+        environ={"CONTACT_SECRET": SECRET},
+    ) as pipe:
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+        raw = orjson.dumps({"id": 31, "email": "h@example.com", "company": "Acme"})
+        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+        await until(pipe.entries)  # applied upstream, the answer not yet lost
+        await pipe.set_faults()
+        (tmp_path / "m" / "simple.yaml").write_text(SIMPLE + "    company: company\n")
+        assert pipe.runtime.mappings.reload()
+        assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
+        created = await _only_entry(pipe)
+        assert created["data"] == {"email": "h@example.com"}  # the body first sent
+        assert await pipe.redis.keys("lb:sent:*") == []  # pins dropped once the command is done
+        await _send(pipe, "simple", {"id": 31, "email": "i@example.com", "company": "Acme"})
+        entry = await _only_entry(pipe)
+        assert entry["id"] == created["id"]
+        assert entry["data"] == {"email": "i@example.com", "company": "Acme"}
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
 async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
     raw = orjson.dumps({"id": 11, "note": "called back"})
     early = (await crm.post("crm-patch", raw, sign(raw))).json()["delivery_id"]

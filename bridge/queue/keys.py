@@ -20,6 +20,7 @@ HEARTBEAT = PREFIX + "worker:"  # string with TTL per worker process
 UNPLANNED = PREFIX + "unplanned:"  # sorted set per mapping: accepted, not yet planned (seq -> id)
 PENDING = PREFIX + "pending:"  # sorted set per link + hashed key: deliveries owing it a command
 WAKE = PREFIX + "wake"  # pub/sub channel (not a key): new deliveries were queued
+SENT = PREFIX + "sent:"  # string per idempotency key: the body first sent under it (queue/sent.py)
 
 
 def digest(value: str) -> str:
@@ -41,3 +42,7 @@ def done(delivery_id: str) -> str:
 def record(prefix: str, link: str, key: str) -> str:
     """A per-record key (LINK, LOCK, ORDER) that never contains the record's own id in clear."""
     return f"{prefix}{link}:{digest(key)}"
+
+
+def sent(idempotency_key: str) -> str:
+    return SENT + idempotency_key

@@ -37,7 +37,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -112,7 +112,8 @@ DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 # for the delivery's last command also mark it delivered (what `deliveries.finish` does), take
 # it out of the DLQ, of every ordering set and of the arq queue, and delete its arq job's keys.
 # KEYS: done hash, lock, pending(K), link, order, delivery, arq job, claim and try counter, DLQ,
-# arq queue, then (finishing) the sets to leave.
+# arq queue, the command's 3 pinned bodies (bridge/queue/sent.py: dropped), then (finishing) the
+# sets to leave.
 # ARGV: index, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
 # link (or ''), order value (or ''), finish ('1'/'').
 END_SCRIPT = """
@@ -122,11 +123,14 @@ if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
 if ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[12], KEYS[13], KEYS[14])
 if ARGV[9] == '1' then
   redis.call('HSET', KEYS[6], 'status', 'delivered')
   redis.call('HDEL', KEYS[6], 'reason', 'failed_command', 'dead_at', 'pending_keys')
   redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
-  for i = 10, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
+  redis.call('ZREM', KEYS[10], ARGV[6])
+  redis.call('ZREM', KEYS[11], ARGV[6])
+  for i = 15, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
 end
 return 1
 """
@@ -356,9 +360,11 @@ class Ordering:
         link_to: str | None = None,
         order: str | None = None,
         finish: tuple[str, list[str]] | None = None,
+        unpin: Sequence[str],
     ) -> None:
         """The step is applied: record `result` as done, link `link_to`, remember `order`, leave
-        pending(K) when the delivery owes K nothing more, and release the lock, all at once.
+        pending(K) when the delivery owes K nothing more, drop the command's 3 pinned bodies
+        (`unpin`, their keys), and release the lock, all at once.
         `finish=(mapping, sets it joined)` for its last command: the delivery is delivered, and its
         arq job done (the job function then returns `arq_adapter.JobFinished`)."""
         step = held.step
@@ -374,6 +380,7 @@ class Ordering:
                 *arq_adapter.finished_job_keys(step.delivery_id),
                 keys.DLQ,
                 arq_adapter.QUEUE_KEY,
+                *unpin,
                 *leave,
             ],
             args=[

@@ -1,0 +1,77 @@
+"""The body each idempotency key was first sent with, kept while the command is not done.
+
+The upstream keeps a key's first 2xx answer and refuses the same key with another body (422).
+A retry plans its delivery again, and the body can come out different: the mapping was reloaded,
+an `enrich` source answered otherwise, a table's state or custom-field ids were refreshed. If an
+earlier attempt was applied upstream but its answer was lost (a timeout, a dropped connection, a
+5xx after the write), that retry would be refused for good: the delivery dead-lettered, its new
+entry never linked to its record, and the record's next delivery would create a second lead.
+
+So a command's body is pinned under its key before it is first sent, and every later attempt
+(retries, a replay from the dead-letter queue) sends the pinned body. An answer that leaves the
+key free unpins it (`frees_key`: a 4xx other than 422, which the upstream stores nothing for),
+so that a corrected body can go: the table refresh after a 400, a replay after the mapping was
+fixed. The end of a command drops its pins (`Deliverer`, with the command's done record), and a
+pin expires with the delivery's retention. With encryption at rest on, pins are sealed like the
+stored webhook (they hold lead values).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from bridge.queue import crypto, keys
+
+log = logging.getLogger("bridge.worker")
+
+
+def frees_key(status: int | None) -> bool:
+    """Whether an answer with this status left the key unused upstream (nothing was stored under
+    it): a 4xx, but not 422, the answer to a key already used with another body."""
+    return status is not None and 400 <= status < 500 and status != 422
+
+
+class SentBodies:
+    def __init__(self, redis: Redis, keyring: crypto.Keyring | None, retention_s: int) -> None:
+        self._redis = redis
+        self._keyring = keyring or crypto.Keyring([])
+        self._retention_s = retention_s
+
+    async def pin(self, idempotency_key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """What to send under `idempotency_key`: the body pinned by an earlier attempt, or
+        `body`, pinned now. One command."""
+        name = keys.sent(idempotency_key)
+        mine = self._seal(idempotency_key, orjson.dumps(body))
+        # SET NX GET (Redis 7+): set it if absent, and answer what was there
+        current = await self._redis.set(name, mine, nx=True, get=True, ex=self._retention_s)
+        if current is None:
+            return body
+        try:
+            pinned: dict[str, Any] = orjson.loads(self._open(idempotency_key, current))
+        except (crypto.DecryptError, orjson.JSONDecodeError) as exc:
+            # Sealed with a key no longer configured (or damaged): this attempt's body it is.
+            log.warning("a pinned request body cannot be read; sending the new one (%s)", exc)
+            await self._redis.set(name, mine, ex=self._retention_s)
+            return body
+        return pinned
+
+    async def unpin(self, idempotency_key: str) -> None:
+        await self._redis.delete(keys.sent(idempotency_key))
+
+    def _seal(self, idempotency_key: str, raw: bytes) -> bytes:
+        if not self._keyring:
+            return raw
+        return self._keyring.seal(raw, _aad(idempotency_key))
+
+    def _open(self, idempotency_key: str, stored: bytes) -> bytes:
+        if not crypto.is_sealed(stored):
+            return stored
+        return self._keyring.open(stored, _aad(idempotency_key))
+
+
+def _aad(idempotency_key: str) -> bytes:
+    return f"{keys.SENT}{idempotency_key}".encode()

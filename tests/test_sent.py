@@ -1,0 +1,58 @@
+"""Pinned request bodies (bridge/queue/sent.py): the body first sent under an idempotency key is
+the one every later attempt sends, sealed at rest when encryption is on, and freed by an answer
+that leaves the key unused upstream. The whole flow (a lost answer, then a mapping reload) is in
+tests/test_semantics.py."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from redis.asyncio import Redis
+
+from bridge.queue import keys
+from bridge.queue.crypto import Keyring
+from bridge.queue.sent import SentBodies, frees_key
+
+FIRST = {"tableId": "t", "data": {"email": "first@example.com"}}
+SECOND = {"tableId": "t", "data": {"email": "second@example.com", "company": "Acme"}}
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+async def test_the_first_body_pinned_under_a_key_is_sent_again(redis_client: Redis, encrypted: bool) -> None:
+    keyring = Keyring.parse(base64.b64encode(os.urandom(32)).decode()) if encrypted else None
+    sent = SentBodies(redis_client, keyring, retention_s=60)
+    assert await sent.pin("k1c", FIRST) == FIRST
+    assert await sent.pin("k1c", SECOND) == FIRST  # a retry planned otherwise sends the first
+    assert await sent.pin("k2c", SECOND) == SECOND  # another key, its own body
+    stored = await redis_client.get(keys.sent("k1c"))
+    assert stored is not None
+    assert (b"first@example.com" in stored) is not encrypted  # lead values sealed at rest
+    assert 0 < await redis_client.ttl(keys.sent("k1c")) <= 60
+
+
+async def test_an_answer_that_frees_the_key_unpins_it(redis_client: Redis) -> None:
+    sent = SentBodies(redis_client, None, retention_s=60)
+    await sent.pin("k3p", FIRST)
+    await sent.unpin("k3p")
+    assert await sent.pin("k3p", SECOND) == SECOND
+    # 4xx: nothing stored upstream under the key; 422: the key is used (with another body);
+    # 5xx, timeouts (None): perhaps applied, so the pin stays
+    assert [frees_key(s) for s in (400, 404, 429, 422, 500, 502, None)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+async def test_a_pin_sealed_with_a_key_no_longer_configured_gives_way(redis_client: Redis) -> None:
+    old = Keyring.parse(base64.b64encode(os.urandom(32)).decode())
+    new = Keyring.parse(base64.b64encode(os.urandom(32)).decode())
+    await SentBodies(redis_client, old, retention_s=60).pin("k4c", FIRST)
+    assert await SentBodies(redis_client, new, retention_s=60).pin("k4c", SECOND) == SECOND
+    assert await SentBodies(redis_client, new, retention_s=60).pin("k4c", FIRST) == SECOND
