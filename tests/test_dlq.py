@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from bridge.queue import arq_adapter, deliveries, keys
 from bridge.sandbox import DEMO_TABLE_ID
+from bridge.worker import Deliverer
 from tests.delivery_support import env, leadbridge
 from tests.pipeline import Pipeline, pipeline, sign
 from tests.servers import until
@@ -125,6 +128,32 @@ async def test_replay_of_a_fixed_mapping_with_the_cli_then_replay_twice(
         assert out.strip() == "the dead-letter queue is empty"
         assert len(await pipe.entries()) == 1
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_replay_made_while_the_dead_letter_job_ends_is_not_lost(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job dead-letters the delivery, and an operator (with the mapping fixed) replays it
+    # before the job has finished: the job's end must not take the replay's place in the queue.
+    mappings = tmp_path / "m"
+    replays: list[bool] = []
+    dead_letter = Deliverer._dead
+
+    async def then_replayed(self: Deliverer, record: Any, *args: Any, **kwargs: Any) -> str:
+        outcome = await dead_letter(self, record, *args, **kwargs)
+        if not replays:
+            (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+            assert pipe.runtime.mappings.reload()
+            replays.append(await deliveries.enqueue_again(self.redis, record.id, 60))
+        return outcome
+
+    monkeypatch.setattr(Deliverer, "_dead", then_replayed)
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "r@example.com", "phone": "+4930123"}})
+        await pipe.wait_status(delivery_id, "delivered")
+        assert replays == [True]
+        assert await deliveries.dlq_ids(pipe.redis) == []
+        assert [e["data"] for e in await pipe.entries()] == [{"email": "r@example.com", "phone": "+4930123"}]
 
 
 async def test_a_replay_sends_only_what_did_not_reach_the_upstream(redis_url: str, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from bridge.aio import cancel_and_wait
+from bridge.queue import keys
 
 QUEUE_KEY = default_queue_name
 DELIVER_FUNCTION = "deliver"
@@ -95,6 +96,16 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+# A job done: it leaves the queue and its keys go, unless its delivery was replayed from the
+# dead-letter queue while the job was ending (the job dead-lettered it, then an operator replayed
+# it before this ran: the replay's place in the queue stays, or the replay would be lost).
+# KEYS: the queue, the delivery's hash, the job's keys. ARGV: the job id.
+DONE_SCRIPT = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'queued' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+
 # Claim many jobs in one round trip: for each id, due and not running anywhere, set its
 # in-progress key (the lease) and read the hashes the job starts with. KEYS[1]: the queue. ARGV:
 # in-progress key prefix, now ms, lease ms, the number N of hash prefixes to read, those N
@@ -129,6 +140,7 @@ class _Worker(Worker):
 
     started_in_poll = 0
     _claim_script: Any = None
+    _done_script: Any = None
     # Set when new jobs were queued (`wake_on_publish`): an idle poll loop looks at once.
     wake: asyncio.Event | None = None
     # Key prefixes of the hashes a job starts by reading (its id appended): read by the claim,
@@ -200,13 +212,17 @@ class _Worker(Worker):
         await asyncio.shield(self._finish(job_id, done=incr_score is None, incr_score=incr_score))
 
     async def _finish(self, job_id: str, *, done: bool, incr_score: int | None) -> None:
-        """arq's `finish_job` (without results, which we do not keep)."""
+        """arq's `finish_job` (without results, which we do not keep); done, see DONE_SCRIPT."""
+        if done:
+            if self._done_script is None:
+                self._done_script = self.pool.register_script(DONE_SCRIPT)
+            names = [self.queue_name, keys.delivery(job_id), *finished_job_keys(job_id)]
+            await self._done_script(keys=names, args=[job_id])
+            return
         async with self.pool.pipeline(transaction=True) as tr:
-            if done:
-                tr.zrem(self.queue_name, job_id)
-            elif incr_score:
+            if incr_score:
                 tr.zincrby(self.queue_name, incr_score, job_id)
-            tr.delete(*(finished_job_keys(job_id) if done else [in_progress_key(job_id)]))
+            tr.delete(in_progress_key(job_id))
             await tr.execute()
 
     def _running_here(self, job_id: str) -> bool:
