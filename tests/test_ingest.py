@@ -161,7 +161,7 @@ async def test_closing_the_client_closes_the_ingest_connection_without_waiting(r
     try:
         accepter = Accepter(client, dedupe_window_s=60, retention_s=120)
         await accepter.accept(_incoming("e1"))
-        assert await _connected_clients(admin) == 2  # admin, and the batches' (it loaded the script)
+        assert await _connected_clients(admin) == 2  # admin, and the batches'
         async with asyncio.timeout(5):
             await client.aclose()
         await until(lambda: _only_admin_connected(admin), timeout_s=5)
@@ -177,13 +177,15 @@ async def _only_admin_connected(admin: Redis) -> bool:
     return await _connected_clients(admin) == 1
 
 
-async def test_batches_put_back_after_a_lost_script_keep_their_order(
+async def test_batches_after_a_lost_script_cache_are_stored_in_order(
     redis_client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingest, "MAX_BATCH", 10)  # 25 deliveries: 3 batches, 2 sent at once
     accepter = Accepter(redis_client, dedupe_window_s=60, retention_s=120)
-    await accepter.accept(_incoming("warm-up"))  # the script is loaded, the connection open
-    await redis_client.script_flush()  # as after a restart: both batches in flight get NOSCRIPT
+    await accepter.accept(_incoming("warm-up"))  # the connection open
+    # As after a restart of the server. Each batch carries its script (EVAL): none is refused
+    # with NOSCRIPT and sent again, so none can be stored after a later one.
+    await redis_client.script_flush()
     results = await asyncio.gather(*(accepter.accept(_incoming(f"o{i}")) for i in range(25)))
     seqs = [int(await redis_client.hget(keys.delivery(r.delivery_id), "seq") or 0) for r in results]
     assert seqs == sorted(seqs)

@@ -11,7 +11,11 @@ command, so they are equally durable.
 Concurrent requests are grouped: what arrives during one pass of the event loop goes together,
 and while BATCHES_IN_FLIGHT batches are in flight, new deliveries wait and go together in the
 next one (a single command and round trip and, with the embedded server's `appendfsync always`,
-a single fsync). Optionally the batch waits for replicas (`WAIT`) before anyone is answered.
+a single fsync). The script goes with every batch (EVAL, 1.6 KB beside some 50 KB of
+deliveries; the server caches its compiled form): EVALSHA would fail with NOSCRIPT after a
+restart of the server, and a batch sent again after that could be stored after one sent later
+(another process can load the script in between), out of arrival order. Optionally the batch
+waits for replicas (`WAIT`) before anyone is answered.
 Batches travel over one connection read by `bridge.queue.replypipe.ReplyPipe`, which answers a
 batch's callers from the loop's read callback, without waking a task first.
 
@@ -167,13 +171,11 @@ class Accepter:
     ) -> None:
         self._redis = redis
         self._keyring = keyring or crypto.Keyring([])
-        self._sha: str | None = None
         self._dedupe_window_s = dedupe_window_s
         self._retention_s = retention_s
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._pending: list[tuple[Incoming, asyncio.Future[Accepted]]] = []
-        self._requeued = 0  # deliveries at the head of _pending put back by NOSCRIPT, in order
         self._pipe: ReplyPipe | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._send_scheduled = False
@@ -192,11 +194,11 @@ class Accepter:
 
     def _kick(self) -> None:
         """Get what is pending sent: at the end of this pass of the event loop (the requests it
-        is running join the batch), or once connected (and the script loaded)."""
+        is running join the batch), or once connected."""
         if self._send_scheduled or not self._pending:
             return
         pipe = self._pipe
-        if pipe is None or pipe.closed or self._sha is None:
+        if pipe is None or pipe.closed:
             if self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
         elif pipe.in_flight < BATCHES_IN_FLIGHT:
@@ -208,15 +210,15 @@ class Accepter:
             if self._pipe is not None and self._pipe.closed:
                 closed, self._pipe = self._pipe, None
                 await closed.give_back()
-            if self._sha is None:
-                self._sha = str(await self._redis.script_load(ACCEPT_SCRIPT))
             if self._pipe is None:
                 self._pipe = await ReplyPipe.open(self._redis)
-        except Exception as exc:  # whatever it is, the callers get an answer
-            if not isinstance(exc, (RedisError, OSError)):
+        except BaseException as exc:  # whatever it is, the callers get an answer
+            if not isinstance(exc, (RedisError, OSError, asyncio.CancelledError)):
                 log.exception("cannot open the ingest connection")
-            failed, self._pending, self._requeued = self._pending, [], 0
+            failed, self._pending = self._pending, []
             self._fail(failed)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         finally:
             self._connecting = None
         self._kick()
@@ -227,22 +229,21 @@ class Accepter:
 
     def _send(self) -> None:
         """Send pending batches while the connection has room for them."""
-        pipe, sha = self._pipe, self._sha
-        while self._pending and pipe is not None and not pipe.closed and sha is not None:
+        pipe = self._pipe
+        while self._pending and pipe is not None and not pipe.closed:
             if pipe.in_flight >= BATCHES_IN_FLIGHT:
                 return
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            self._requeued = max(0, self._requeued - len(batch))
             try:
-                commands = self._commands(sha, batch)
+                commands = self._commands(batch)
             except Exception:  # a bug, or a keyring that cannot seal: answer, never leave waiting
                 log.exception("cannot build an ingest batch")
                 self._fail(batch)
                 continue
             pipe.send(commands, functools.partial(self._answered, batch))
-        self._kick()  # not connected, or no script: connect first
+        self._kick()  # not connected: connect first
 
-    def _commands(self, sha: str, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> list[bytes]:
+    def _commands(self, batch: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> list[bytes]:
         now_ms = int(time.time() * 1000)
         names: list[str] = [arq_adapter.QUEUE_KEY, keys.SEQ]
         args: list[Any] = [
@@ -266,7 +267,7 @@ class Accepter:
                 *self._payload(incoming, delivery_id),
                 delivery_id,
             )
-        commands = [_pack("EVALSHA", sha, len(names), *names, *args)]
+        commands = [_pack("EVAL", ACCEPT_SCRIPT, len(names), *names, *args)]
         if self._wait_replicas:
             commands.append(_pack("WAIT", self._wait_replicas, self._wait_timeout_ms))
         return commands
@@ -287,13 +288,6 @@ class Accepter:
         """A batch's replies (in the read callback of the connection), or why there are none."""
         if isinstance(outcome, Exception):
             self._fail(batch)
-        elif isinstance(outcome[0], hiredis.ReplyError) and str(outcome[0]).startswith("NOSCRIPT"):
-            # The server restarted and lost its script cache: nothing of the batch ran. It goes
-            # back to the head of the line (after a batch sent before it, put back just before),
-            # to be sent again once the script is loaded.
-            self._sha = None
-            self._pending[self._requeued : self._requeued] = batch
-            self._requeued += len(batch)
         elif any(isinstance(reply, hiredis.ReplyError) for reply in outcome) or (
             self._wait_replicas and int(outcome[1]) < self._wait_replicas
         ):
