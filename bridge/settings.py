@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -78,6 +78,17 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("retry_window_s")
+    @classmethod
+    def _within_retention(cls, value: float, info: ValidationInfo) -> float:
+        retention = info.data.get("retention_s")
+        if retention is not None and value >= retention:
+            raise ValueError(
+                f"must be shorter than BRIDGE_RETENTION_S ({retention} s): a delivery still being "
+                "retried would expire, and its lead be lost"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod

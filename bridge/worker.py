@@ -110,7 +110,12 @@ class Deliverer:
             else:
                 record, done = await deliveries.load_for_work(self.redis, delivery_id, self.keyring)
             if record is None:
-                log.warning("delivery expired before it was processed", extra={"delivery_id": delivery_id})
+                # Kept for BRIDGE_RETENTION_S from its arrival, and not processed within it (no
+                # worker ran for that long): what it held is gone, so it cannot be dead-lettered.
+                log.error(
+                    "delivery expired before it was processed: its lead is lost",
+                    extra={"delivery_id": delivery_id},
+                )
                 return "expired"
             if record.status in FINISHED:
                 # A rerun after a crash between the outcome and the job's end: tidy up, stop.

@@ -51,6 +51,7 @@ def _leadbridge(*args: str, env: dict[str, str], timeout_s: float = 60) -> subpr
         ("BRIDGE_MAX_BODY_BYTES", "-5"),
         ("REDIS_URL", "http://nope"),
         ("BRIDGE_LOG_FORMAT", "xml"),
+        ("BRIDGE_RETRY_WINDOW_S", "604800"),  # not shorter than the retention (7 days)
     ],
 )
 def test_a_bad_setting_is_one_readable_line(tmp_path: Path, variable: str, value: str) -> None:

@@ -235,7 +235,11 @@ async def test_retention_expires_the_delivery_and_its_dlq_entry(
     redis_url: str, tmp_path: Path, redis_client: Redis
 ) -> None:
     async with pipeline(
-        redis_url, tmp_path / "m", mapping_files={"signup.yaml": BROKEN_SIGNUP}, BRIDGE_RETENTION_S=2
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"signup.yaml": BROKEN_SIGNUP},
+        BRIDGE_RETENTION_S=2,
+        BRIDGE_RETRY_WINDOW_S=1,
     ) as pipe:
         delivery_id = await _post(pipe, "signup", {"data": {"email": "r@example.com"}})
         await _dead(pipe, delivery_id)
