@@ -227,7 +227,7 @@ class Deliverer:
         except MappingError as exc:
             return await self._dead(record, f"mapping error: {exc.message}", command)
         except Deferred as exc:
-            raise self._deferral(record, exc) from None
+            raise await self._deferral(record, exc) from None
         except WaitForLink as exc:
             if command is not None and command.key is not None:
                 # Yield the record's turn: its create may come from a delivery that arrived later.
@@ -241,9 +241,11 @@ class Deliverer:
         # Finished by the last command's end: the delivery and its arq job, in one atomic step.
         return JobFinished("delivered") if finished else "delivered"
 
-    def _deferral(self, record: DeliveryRecord, exc: Deferred) -> Retry:
-        """Put the job back for about `defer_s` (jittered) without counting an attempt."""
+    async def _deferral(self, record: DeliveryRecord, exc: Deferred) -> Retry:
+        """Put the job back for about `defer_s` (jittered) without counting an attempt, and
+        without that time counting against its retry window."""
         delay = exc.defer_s + self.rng.uniform(0, min(1.0, 0.1 + exc.defer_s * 0.2))
+        await deliveries.hold(self.redis, record.id, delay)
         log.info(
             "delivery deferred: %s",
             exc.message,
@@ -262,7 +264,7 @@ class Deliverer:
         attempts = await deliveries.record_attempt(self.redis, record, attempt, "retrying")
         if not exc.retryable:
             return await self._dead(record, exc.message, command, recorded=True)
-        age_s = time.time() - record.received_at
+        age_s = record.retry_age_s(time.time())
         delay = self.policy.next_delay_s(
             attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=isinstance(exc, WaitForLink)
         )

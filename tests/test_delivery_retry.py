@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from bridge.connect.classify import MAX_RETRY_AFTER_S
-from bridge.queue import arq_adapter, deliveries
+from bridge.queue import arq_adapter, deliveries, keys
 from bridge.retry import RetryPolicy
 from tests.pipeline import pipeline
 from tests.servers import until
@@ -112,3 +113,27 @@ async def test_a_429_retry_after_is_honoured_by_the_worker(redis_url: str, tmp_p
         assert done is not None
         assert done.attempts == 1
         assert len(await pipe.entries()) == 1
+
+
+def test_the_retry_window_runs_from_the_last_replay_less_the_time_held() -> None:
+    def record(**fields: float) -> deliveries.DeliveryRecord:
+        base = {"id": "d", "mapping": "m", "provider": "p", "event_id": "e", "status": "retrying"}
+        return deliveries.DeliveryRecord.model_validate({**base, "received_at": 100.0, **fields})
+
+    assert record().retry_age_s(150.0) == 50.0
+    assert record(replayed_at=140.0).retry_age_s(150.0) == 10.0  # a replay: a whole window again
+    assert record(held_s=30.0).retry_age_s(150.0) == 20.0  # put back by an open breaker: not counted
+    assert record(replayed_at=140.0, held_s=30.0).retry_age_s(150.0) == 0.0
+
+
+async def test_time_held_is_counted_on_the_delivery_and_never_revives_an_expired_one(
+    redis_client: Redis,
+) -> None:
+    await redis_client.hset(keys.delivery("held"), mapping={"mapping": "m", "status": "queued"})
+    await redis_client.expire(keys.delivery("held"), 60)
+    await deliveries.hold(redis_client, "held", 2.5)
+    await deliveries.hold(redis_client, "held", 1.0)
+    assert float(await redis_client.hget(keys.delivery("held"), "held_s")) == 3.5
+    assert await redis_client.ttl(keys.delivery("held")) > 0
+    await deliveries.hold(redis_client, "expired", 2.5)
+    assert not await redis_client.exists(keys.delivery("expired"))

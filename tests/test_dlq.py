@@ -156,6 +156,38 @@ async def test_a_replay_made_while_the_dead_letter_job_ends_is_not_lost(
         assert [e["data"] for e in await pipe.entries()] == [{"email": "r@example.com", "phone": "+4930123"}]
 
 
+async def test_a_replay_gets_a_whole_retry_window_again(redis_url: str, tmp_path: Path) -> None:
+    # After an outage longer than the retry window, the delivery was dead-lettered; its replay
+    # must be retried within a new window, not dead-lettered again on its first failure.
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"signup.yaml": FIXED_SIGNUP},
+        BRIDGE_RETRY_WINDOW_S=0.5,
+        BRIDGE_RETENTION_S=60,
+        BRIDGE_CIRCUIT_MIN_CALLS=10_000,  # the breaker stays closed: attempts, not deferrals
+    ) as pipe:
+        await pipe.set_faults(error_rate=1.0)
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "w@example.com", "phone": "+4930123"}})
+        record = await _dead(pipe, delivery_id)
+        assert record.reason is not None
+        assert record.reason.startswith("gave up after")
+        # the outage outlasts the window: the delivery is older than it when it is replayed
+        await until(lambda: time.time() > record.received_at + 0.6)
+
+        async def attempts() -> int:
+            return int(await pipe.redis.hget(keys.delivery(delivery_id), "attempts") or 0)
+
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        await until(attempts)  # the replay's first try failed (the upstream is still down)...
+        await pipe.set_faults()  # ...and the next one, within its new window, goes through
+        assert await pipe.wait_status(delivery_id, "delivered", "dead") == "delivered"
+        replayed = await deliveries.load(pipe.redis, delivery_id)
+        assert replayed is not None
+        assert replayed.replayed_at is not None
+        assert replayed.replayed_at > replayed.received_at
+
+
 async def test_a_replay_sends_only_what_did_not_reach_the_upstream(redis_url: str, tmp_path: Path) -> None:
     mappings = tmp_path / "m"
     async with pipeline(redis_url, mappings, mapping_files={"team.yaml": BROKEN_TEAM}) as pipe:

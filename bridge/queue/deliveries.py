@@ -58,6 +58,10 @@ class DeliveryRecord(BaseModel):
     failed_command: dict[str, Any] | None = None
     history: list[Attempt] = Field(default_factory=list)
     dead_at: float | None = None
+    replayed_at: float | None = Field(default=None, description="unix seconds of the last replay")
+    held_s: float = Field(
+        default=0.0, description="seconds put back without an attempt (breaker open, waiting its turn)"
+    )
     encrypted_with: str | None = Field(default=None, description="key id that sealed the stored payload")
     headers: dict[str, str] = Field(default_factory=dict, exclude=True)
     body: bytes = Field(default=b"", exclude=True)
@@ -65,6 +69,12 @@ class DeliveryRecord(BaseModel):
     payload_error: str | None = Field(default=None, exclude=True)
     # The per-record ordering sets it joined (`bridge.queue.ordering`), as loaded.
     registered: list[str] = Field(default_factory=list, exclude=True)
+
+    def retry_age_s(self, now: float) -> float:
+        """How much of its retry window the delivery has used: the time since it arrived, or
+        since its last replay (a replay gets a whole window), less the time it was put back
+        without an attempt (an open breaker, an earlier delivery's turn)."""
+        return max(0.0, now - max(self.received_at, self.replayed_at or 0.0) - self.held_s)
 
 
 def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
@@ -134,6 +144,8 @@ def _record(
         failed_command=orjson.loads(failed) if failed else None,
         history=[Attempt.model_validate(a) for a in orjson.loads(raw.get(b"history", b"[]"))],
         dead_at=float(dead_at) if dead_at else None,
+        replayed_at=int(_text(raw, "replayed_at", "0")) / 1000 or None,
+        held_s=float(_text(raw, "held_s", "0")),
         encrypted_with=sealed_with,
         headers=headers,
         body=body,
@@ -245,12 +257,25 @@ REPLAY_SCRIPT = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq')
 if not found[1] then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]')
+redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]', 'replayed_at', ARGV[3],
+  'held_s', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', ARGV[4] .. found[1], tonumber(found[2] or '0'), ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
 """
+
+
+HOLD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBYFLOAT', KEYS[1], 'held_s', ARGV[1]) end
+return 1
+"""
+
+
+async def hold(redis: Redis, delivery_id: str, seconds: float) -> None:
+    """Count `seconds` the delivery is put back without an attempt (`retry_age_s`); nothing for
+    one that has expired (no hash is made again without its expiry)."""
+    await redis.register_script(HOLD_SCRIPT)(keys=[keys.delivery(delivery_id)], args=[seconds])
 
 
 async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> bool:
