@@ -44,29 +44,35 @@ async def _run(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
     if command == "list":
         return await _list(redis)
     everything = bool(getattr(args, "all", False))
-    targets = await deliveries.dlq_ids(redis) if everything else [args.id]
+    targets = await deliveries.dlq_ids(redis, limit=None) if everything else [args.id]
     if not targets:
         print("the dead-letter queue is empty")
         return 0
     keyring = Keyring.from_settings(settings)
+    done = 0
     for delivery_id in targets:
         record = await deliveries.load(redis, delivery_id, keyring=keyring)
-        if record is None or not await deliveries.in_dlq(redis, delivery_id):
-            return _not_in_dlq(delivery_id)
+        here = record is not None and await deliveries.in_dlq(redis, delivery_id)
+        if here and command == "replay":  # in the DLQ still: checked again, atomically
+            here = await deliveries.enqueue_again(redis, delivery_id, settings.retention_s)
+        if record is None or not here:
+            if not everything:
+                return _not_in_dlq(delivery_id)
+            print(f"{delivery_id}: left the dead-letter queue meanwhile; skipped")
+            continue
         if command == "show":
             sys.stdout.write(
                 orjson.dumps(record.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
         elif command == "replay":
-            if not await deliveries.enqueue_again(redis, delivery_id, settings.retention_s):
-                return _not_in_dlq(delivery_id)
             print(f"{delivery_id}: queued for replay (it leaves the dead-letter queue once delivered)")
         elif command == "purge":
             await deliveries.purge(redis, delivery_id)
             print(f"{delivery_id}: purged")
+        done += 1
     if everything:
         verb = {"replay": "queued for replay", "purge": "purged"}[command]
-        print(f"{len(targets)} deliveries {verb}")
+        print(f"{done} deliveries {verb}")
     return 0
 
 

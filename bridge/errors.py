@@ -115,7 +115,7 @@ class RateLimited(InboundError):
 
 class QueueUnavailable(InboundError):
     status = 503
-    reason = "queue unavailable, nothing was stored; retry later"
+    reason = "queue unavailable; retry later"
     outcome = "unavailable"
 
     def __init__(self, retry_after_s: int = 5) -> None:

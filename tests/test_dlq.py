@@ -156,6 +156,25 @@ async def test_a_replay_made_while_the_dead_letter_job_ends_is_not_lost(
         assert [e["data"] for e in await pipe.entries()] == [{"email": "r@example.com", "phone": "+4930123"}]
 
 
+async def test_a_replay_that_the_mapping_now_ignores_leaves_the_dlq(redis_url: str, tmp_path: Path) -> None:
+    mappings = tmp_path / "m"
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "q@example.com", "phone": "+4930123"}})
+        await _dead(pipe, delivery_id)
+        ignoring = FIXED_SIGNUP.replace(
+            "action: upsert\n", "action: upsert\nwhen: \"data.email == 'nobody'\"\n"
+        )
+        (mappings / "signup.yaml").write_text(ignoring)
+        assert pipe.runtime.mappings.reload()
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        await pipe.wait_status(delivery_id, "ignored")
+        assert await deliveries.dlq_ids(pipe.redis) == []
+        record = await deliveries.load(pipe.redis, delivery_id)
+        assert record is not None
+        assert record.reason is None
+        assert await pipe.entries() == []
+
+
 async def test_a_replay_gets_a_whole_retry_window_again(redis_url: str, tmp_path: Path) -> None:
     # After an outage longer than the retry window, the delivery was dead-lettered; its replay
     # must be retried within a new window, not dead-lettered again on its first failure.

@@ -183,7 +183,11 @@ def _hook_post() -> dict[str, Any]:
             "413": _error("the body is larger than BRIDGE_MAX_BODY_BYTES (refused before it is read whole)"),
             "415": _error("a content type this mapping's provider never sends"),
             "429": _error("the mapping's accept rate limit is reached", RETRY_AFTER),
-            "503": _error("the queue is unreachable: nothing was stored; retry later", RETRY_AFTER),
+            "503": _error(
+                "the queue is unreachable: not stored (or, if the store answered too late, stored: "
+                "the retry is then answered 200 duplicate); retry later",
+                RETRY_AFTER,
+            ),
         },
     }
 

@@ -189,14 +189,14 @@ async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt,
 
 
 async def finish(redis: Redis, record: DeliveryRecord, status: Literal["delivered", "ignored"]) -> None:
-    """The delivery is finished: its status (a delivered replay leaves the DLQ and its reason),
-    and out of every ordering set it is in (`record.registered`), in one MULTI."""
+    """The delivery is finished: its status (a replay, delivered or now ignored by its
+    mapping's `when`, leaves the DLQ and its reason), and out of every ordering set it is in
+    (`record.registered`), in one MULTI."""
     key = keys.delivery(record.id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, "status", status)
-        if status == "delivered":
-            pipe.zrem(keys.DLQ, record.id)
-            pipe.hdel(key, "reason", "failed_command", "dead_at")
+        pipe.zrem(keys.DLQ, record.id)
+        pipe.hdel(key, "reason", "failed_command", "dead_at")
         ordering.leave_all(pipe, record.id, record.mapping, record.registered)
         await pipe.execute()
 
@@ -225,9 +225,10 @@ async def dead_letter(
         await pipe.execute()
 
 
-async def dlq_ids(redis: Redis, limit: int = 1000) -> list[str]:
-    """Dead-lettered ids, oldest first; ids whose record has expired are dropped on the way."""
-    raw = await redis.zrange(keys.DLQ, 0, limit - 1)
+async def dlq_ids(redis: Redis, limit: int | None = 1000) -> list[str]:
+    """Dead-lettered ids, oldest first (at most `limit`; None: all); ids whose record has
+    expired are dropped on the way."""
+    raw = await redis.zrange(keys.DLQ, 0, -1 if limit is None else limit - 1)
     ids = [r.decode() for r in raw]
     if not ids:
         return []
