@@ -227,6 +227,9 @@ class Deliverer:
         except MappingError as exc:
             return await self._dead(record, f"mapping error: {exc.message}", command)
         except Deferred as exc:
+            if self._outlives_record(record, exc.defer_s):
+                reason = f"put back for longer than BRIDGE_RETENTION_S keeps it: {exc.message}"
+                return await self._dead(record, reason, command)
             raise await self._deferral(record, exc) from None
         except WaitForLink as exc:
             if command is not None and command.key is not None:
@@ -253,6 +256,14 @@ class Deliverer:
         )
         return Retry(defer=delay)
 
+    def _outlives_record(self, record: DeliveryRecord, delay_s: float) -> bool:
+        """Whether a try `delay_s` from now could end after the delivery's record expires (time
+        held does not count against the retry window, so a delivery held long enough could
+        outlive its record): it is dead-lettered instead, which keeps it for a replay."""
+        retention_s = self.settings.retention_s
+        margin_s = min(self.settings.job_timeout_s + 60.0, retention_s / 10)  # the try's own time
+        return record.kept_s(time.time()) + delay_s + margin_s > retention_s
+
     async def _failed(self, record: DeliveryRecord, exc: DeliveryError, command: LeadCommand | None) -> str:
         attempt = Attempt(
             at=time.time(),
@@ -268,7 +279,7 @@ class Deliverer:
         delay = self.policy.next_delay_s(
             attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=isinstance(exc, WaitForLink)
         )
-        if delay is None:
+        if delay is None or self._outlives_record(record, delay):
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
             return await self._dead(record, reason, command, recorded=True)
         if command is not None:
@@ -464,7 +475,7 @@ class Deliverer:
             try:
                 return await send(body)
             except UpstreamError as exc:
-                if frees_key(exc.status):
+                if frees_key(exc.status, exc.retryable):
                     await self.sent.unpin(idem)
                 if exc.status != 400 or refreshed or table_id is None:
                     raise

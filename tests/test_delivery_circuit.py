@@ -246,3 +246,32 @@ async def test_successes_while_closed_are_recorded_in_batches_and_all_counted(re
     assert await recorded("o:") < 50  # not one Redis call per success
     await b.after(failed=True, probe=False)  # a failure carries the successes not yet recorded
     assert (await recorded("o:"), await recorded("f:")) == (50, 1)
+
+
+async def test_a_delivery_held_by_an_open_breaker_is_dead_lettered_before_its_record_expires(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Time put back by an open breaker does not use up the retry window, so a long enough
+    # outage could keep a delivery going past BRIDGE_RETENTION_S, when its record (the lead)
+    # expires. It is dead-lettered just before, where it can still be replayed.
+    async with pipeline(
+        redis_url,
+        tmp_path / "mappings",
+        BRIDGE_RETENTION_S=4,
+        BRIDGE_RETRY_WINDOW_S=3,
+        BRIDGE_CIRCUIT_MIN_CALLS=2,
+        BRIDGE_CIRCUIT_OPEN_S=0.3,
+        BRIDGE_CIRCUIT_MAX_OPEN_S=0.3,
+    ) as pipe:
+        await pipe.set_faults(error_rate=1.0)
+        ids = []
+        for n in range(3):
+            response = await pipe.send_signed({"data": {"email": f"h{n}@example.com", "first_name": "H"}})
+            ids.append(response.json()["delivery_id"])
+        for delivery_id in ids:
+            assert await pipe.wait_status(delivery_id, "dead", timeout_s=10) == "dead"
+        records = [await deliveries.load(pipe.redis, i) for i in ids]
+        assert all(r is not None for r in records)
+        held = [r for r in records if r is not None and r.held_s > 0]
+        assert held, "no delivery was put back by the open breaker"
+        assert sorted(await deliveries.dlq_ids(pipe.redis)) == sorted(ids)

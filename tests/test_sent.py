@@ -30,6 +30,9 @@ async def test_the_first_body_pinned_under_a_key_is_sent_again(redis_client: Red
     assert stored is not None
     assert (b"first@example.com" in stored) is not encrypted  # lead values sealed at rest
     assert 0 < await redis_client.ttl(keys.sent("k1c")) <= 60
+    await redis_client.expire(keys.sent("k1c"), 5)
+    await sent.pin("k1c", SECOND)  # each send keeps the pin for the retention from then on
+    assert await redis_client.ttl(keys.sent("k1c")) > 5
 
 
 async def test_an_answer_that_frees_the_key_unpins_it(redis_client: Redis) -> None:
@@ -37,12 +40,15 @@ async def test_an_answer_that_frees_the_key_unpins_it(redis_client: Redis) -> No
     await sent.pin("k3p", FIRST)
     await sent.unpin("k3p")
     assert await sent.pin("k3p", SECOND) == SECOND
-    # 4xx: nothing stored upstream under the key; 422: the key is used (with another body);
-    # 5xx, timeouts (None): perhaps applied, so the pin stays
-    assert [frees_key(s) for s in (400, 404, 429, 422, 500, 502, None)] == [
+    # A 4xx refusing the request for good: nothing stored upstream under the key. Not 422 (the
+    # key is used, with another body), nor a retryable 4xx (429, 409 in flight: they tell
+    # nothing of an earlier attempt whose answer was lost), nor a 5xx or no answer (perhaps
+    # applied): the pin stays.
+    answers = [(400, False), (404, False), (422, False), (429, True), (409, True), (500, True), (None, True)]
+    assert [frees_key(status, retryable) for status, retryable in answers] == [
         True,
         True,
-        True,
+        False,
         False,
         False,
         False,

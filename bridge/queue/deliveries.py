@@ -76,6 +76,11 @@ class DeliveryRecord(BaseModel):
         without an attempt (an open breaker, an earlier delivery's turn)."""
         return max(0.0, now - max(self.received_at, self.replayed_at or 0.0) - self.held_s)
 
+    def kept_s(self, now: float) -> float:
+        """Time since its record's expiry was last set: at its arrival, or at its last replay
+        (the record goes BRIDGE_RETENTION_S after that, unless it dies first)."""
+        return now - max(self.received_at, self.replayed_at or 0.0)
+
 
 def _text(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
     value = raw.get(name.encode())
@@ -261,6 +266,7 @@ if not found[1] then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]', 'replayed_at', ARGV[3],
   'held_s', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('ZADD', ARGV[4] .. found[1], tonumber(found[2] or '0'), ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
@@ -286,7 +292,7 @@ async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> boo
     racing the delivery of an earlier replay is either absorbed by it or refused, never lost."""
     now_ms = int(time.time() * 1000)
     done = await redis.register_script(REPLAY_SCRIPT)(
-        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.QUEUE_KEY],
+        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.QUEUE_KEY, keys.done(delivery_id)],
         args=[delivery_id, retention_s, now_ms, ordering.UNPLANNED],
     )
     return bool(done)

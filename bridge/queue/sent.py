@@ -9,11 +9,11 @@ entry never linked to its record, and the record's next delivery would create a 
 
 So a command's body is pinned under its key before it is first sent, and every later attempt
 (retries, a replay from the dead-letter queue) sends the pinned body. An answer that leaves the
-key free unpins it (`frees_key`: a 4xx other than 422, which the upstream stores nothing for),
+key free unpins it (`frees_key`: a 4xx refusing the request for good, other than 422),
 so that a corrected body can go: the table refresh after a 400, a replay after the mapping was
 fixed. The end of a command drops its pins (`Deliverer`, with the command's done record), and a
-pin expires with the delivery's retention. With encryption at rest on, pins are sealed like the
-stored webhook (they hold lead values).
+pin expires `BRIDGE_RETENTION_S` after the last attempt that sent it. With encryption at rest
+on, pins are sealed like the stored webhook (they hold lead values).
 """
 
 from __future__ import annotations
@@ -29,10 +29,24 @@ from bridge.queue import crypto, keys
 log = logging.getLogger("bridge.worker")
 
 
-def frees_key(status: int | None) -> bool:
-    """Whether an answer with this status left the key unused upstream (nothing was stored under
-    it): a 4xx, but not 422, the answer to a key already used with another body."""
-    return status is not None and 400 <= status < 500 and status != 422
+def frees_key(status: int | None, retryable: bool) -> bool:
+    """Whether an answer left the key free upstream for another body: a 4xx refusing this
+    request for good, but not 422 (the answer to a key already used with another body). A
+    retryable one (408, 409 "in flight", 425, 429) tells nothing of an earlier attempt whose
+    answer was lost: the pin stays."""
+    return not retryable and status is not None and 400 <= status < 500 and status != 422
+
+
+# The pinned body if there is one (its expiry pushed back), else ARGV[1], pinned now (false).
+PIN_SCRIPT = """
+local pinned = redis.call('GET', KEYS[1])
+if pinned then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return pinned
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 
 
 class SentBodies:
@@ -40,15 +54,15 @@ class SentBodies:
         self._redis = redis
         self._keyring = keyring or crypto.Keyring([])
         self._retention_s = retention_s
+        self._pin = redis.register_script(PIN_SCRIPT)
 
     async def pin(self, idempotency_key: str, body: dict[str, Any]) -> dict[str, Any]:
         """What to send under `idempotency_key`: the body pinned by an earlier attempt, or
-        `body`, pinned now. One command."""
+        `body`, pinned now; kept for the retention from this send on. One round trip."""
         name = keys.sent(idempotency_key)
         mine = self._seal(idempotency_key, orjson.dumps(body))
-        # SET NX GET (Redis 7+): set it if absent, and answer what was there
-        current = await self._redis.set(name, mine, nx=True, get=True, ex=self._retention_s)
-        if current is None:
+        current = await self._pin(keys=[name], args=[mine, self._retention_s])
+        if not current:
             return body
         try:
             pinned: dict[str, Any] = orjson.loads(self._open(idempotency_key, current))
