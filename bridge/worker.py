@@ -414,29 +414,37 @@ class Deliverer:
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
         idem = idempotency_key(record.mapping, record.event_id, command.index, "")
+        # A delivery that ran before may have sent this command already (see `_send`).
+        again = record.attempts > 0 or record.replayed_at is not None
         if entry_id is None:
-            return "created", await self._create(command, idem, on_created)
-        if await self._patch(command, entry_id, idem + "p"):
+            return "created", await self._create(command, idem, on_created, again)
+        if await self._patch(command, entry_id, idem + "p", again):
             return "patched", entry_id
         return "skipped", entry_id
 
     async def _create(
-        self, command: LeadCommand, idem: str, on_created: Callable[[str], Awaitable[None]] | None
+        self,
+        command: LeadCommand,
+        idem: str,
+        on_created: Callable[[str], Awaitable[None]] | None,
+        again: bool,
     ) -> str:
         """Create the entry, then patch what a create cannot set. The entry exists from the
         create's answer on: `on_created` (a keyed command's link) is told before the patch, so a
         patch that fails for good (dead-lettered) leaves the record linked to its entry, and the
         record's next delivery patches that entry instead of creating a second one."""
+        later = bodies.after_create(command)
         entry = await self._send(
             idem + "c",
             lambda: bodies.create_body(command, self.tables),
             lambda body: self.connect.create_entry(body, idem + "c"),
+            again=again,
+            keep=bool(later),  # the command goes on: a retry may have to send this create again
             table_id=command.table,
         )
         entry_id = entry.get("id")
         if entry_id is None:
             raise UpstreamError("create answered without an entry id", retryable=False)
-        later = bodies.after_create(command)
         if later:
             if on_created is not None:
                 await on_created(str(entry_id))
@@ -444,16 +452,18 @@ class Deliverer:
                 idem + "c2",
                 lambda: _ready(later),
                 lambda body: self.connect.patch_entry(str(entry_id), body, idem + "c2"),
+                again=again,
             )
         return str(entry_id)
 
-    async def _patch(self, command: LeadCommand, entry_id: str, idem: str) -> bool:
+    async def _patch(self, command: LeadCommand, entry_id: str, idem: str, again: bool) -> bool:
         if command.is_empty_patch():
             return False
         await self._send(
             idem,
             lambda: bodies.patch_body(command, self.tables),
             lambda body: self.connect.patch_entry(entry_id, body, idem),
+            again=again,
             table_id=command.table,
         )
         return True
@@ -464,22 +474,39 @@ class Deliverer:
         build: Callable[[], Awaitable[dict[str, Any]]],
         send: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
         *,
+        again: bool,
+        keep: bool = False,
         table_id: str | None = None,
     ) -> dict[str, Any]:
         """Build the body and send it under the idempotency key `idem`, or the body an earlier
         attempt pinned under it (`bridge.queue.sent`). On an upstream 400 the table may have
         changed under us (a renamed or deleted custom field): refresh the cached table once,
-        rebuild, resend."""
+        rebuild, resend.
+
+        A delivery's first run (`again` false) sends without reading a pin, the round trip
+        nearly every lead is spared, and pins what it sent only when that may be sent again: an
+        answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx), or success
+        of a step that the rest of its command (`keep`) may make a retry repeat. Later runs read
+        the pin (or pin what they build) before sending. Left out: a worker killed between a
+        first run's request and its answer, whose rerun builds the body anew."""
         for refreshed in (False, True):
-            body = await self.sent.pin(idem, await build())
+            body = await build()
+            if again:
+                body = await self.sent.pin(idem, body)
             try:
-                return await send(body)
+                answer = await send(body)
             except UpstreamError as exc:
                 if frees_key(exc.status, exc.retryable):
                     await self.sent.unpin(idem)
+                elif not again:
+                    await self.sent.pin(idem, body)
                 if exc.status != 400 or refreshed or table_id is None:
                     raise
                 self.tables.invalidate(table_id)
+                continue
+            if keep and not again:
+                await self.sent.pin(idem, body)
+            return answer
         raise AssertionError("unreachable")
 
 

@@ -7,8 +7,9 @@ earlier attempt was applied upstream but its answer was lost (a timeout, a dropp
 5xx after the write), that retry would be refused for good: the delivery dead-lettered, its new
 entry never linked to its record, and the record's next delivery would create a second lead.
 
-So a command's body is pinned under its key before it is first sent, and every later attempt
-(retries, a replay from the dead-letter queue) sends the pinned body. An answer that leaves the
+So the body a command sent under its key is pinned when it may have to be sent again, and every
+later attempt (retries, a replay from the dead-letter queue) sends the pinned body (when to pin
+and read: `bridge.worker.Deliverer._send`). An answer that leaves the
 key free unpins it (`frees_key`: a 4xx refusing the request for good, other than 422),
 so that a corrected body can go: the table refresh after a 400, a replay after the mapping was
 fixed. The end of a command drops its pins (`Deliverer`, with the command's done record), and a
