@@ -249,6 +249,54 @@ async def test_a_retry_after_a_lost_answer_resends_the_first_body_though_the_map
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
 
 
+CREATE_FOLLOW_UP = (
+    HEADER
+    + """\
+name: create-follow-up
+action: create
+key: id
+lead:
+  data:
+    email: email
+  follow_up_date: {path: follow_up, then: [datetime]}
+"""
+)
+
+
+async def test_a_retry_after_the_follow_up_patch_lost_its_answer_sends_the_first_create_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The create is answered; the patch that follows it is applied but its answer is lost; the
+    # mapping is reloaded with one more field before the retry. The retry runs the command
+    # again: its create must go with the body first sent (the upstream replays it), not with
+    # the new mapping's (422: dead-lettered, unlinked).
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"follow.yaml": CREATE_FOLLOW_UP},
+        environ={"CONTACT_SECRET": SECRET},
+    ) as pipe:
+        # seeded: the first write (the create) goes through, the second (its patch) is lost
+        await pipe.set_faults(lost_response_rate=0.5, seed=10, timeout_s=0.5)
+        raw = orjson.dumps({"id": 41, "email": "j@example.com", "company": "Acme", "follow_up": 1767225600})
+        first = (await pipe.post("create-follow-up", raw, sign(raw))).json()["delivery_id"]
+
+        async def patched() -> bool:
+            entries = await pipe.entries()
+            return bool(entries) and entries[0].get("followUpDate") is not None
+
+        await until(patched)  # both applied upstream, the patch's answer not yet lost
+        await pipe.set_faults()
+        (tmp_path / "m" / "follow.yaml").write_text(
+            CREATE_FOLLOW_UP.replace("    email: email\n", "    email: email\n    company: company\n")
+        )
+        assert pipe.runtime.mappings.reload()
+        assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
+        entry = await _only_entry(pipe)
+        assert entry["data"] == {"email": "j@example.com"}
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
 async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
     raw = orjson.dumps({"id": 11, "note": "called back"})
     early = (await crm.post("crm-patch", raw, sign(raw))).json()["delivery_id"]
