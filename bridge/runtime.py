@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -26,9 +27,7 @@ from bridge.mapping.registry import MappingRegistry
 from bridge.metrics import Metrics
 from bridge.queue import arq_adapter, circuit, deliveries, keys, wake
 from bridge.queue.crypto import Keyring
-from bridge.queue.ingest import Accepter
 from bridge.queue.resp import packed_by_hiredis
-from bridge.ratelimit import RateLimiter
 from bridge.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,6 +35,8 @@ if TYPE_CHECKING:
     # a `serve` process never loads it (~5 MiB of resident memory).
     import httpx
 
+    from bridge.queue.ingest import Accepter
+    from bridge.ratelimit import RateLimiter
     from bridge.worker import Deliverer
 
 log = logging.getLogger("bridge.runtime")
@@ -86,15 +87,6 @@ class Runtime:
         self._mappings: MappingRegistry | None = None
         # Encryption at rest of stored payloads (empty keyring: stored in clear).
         self.keyring = Keyring.from_settings(settings)
-        self.accepter = Accepter(
-            self.redis,
-            dedupe_window_s=settings.dedupe_window_s,
-            retention_s=settings.retention_s,
-            wait_replicas=settings.redis_wait_replicas,
-            wait_timeout_ms=settings.redis_wait_timeout_ms,
-            keyring=self.keyring,
-        )
-        self.limiter = RateLimiter(self.redis)
         self._upstream = upstream
         self._http_transport = http_transport
         self._http: httpx.AsyncClient | None = None
@@ -103,6 +95,27 @@ class Runtime:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.deliverer: Deliverer | None = None
         del embedded
+
+    # The web side's parts, built when first used: a worker never loads them.
+    @functools.cached_property
+    def accepter(self) -> Accepter:
+        from bridge.queue.ingest import Accepter
+
+        settings = self.settings
+        return Accepter(
+            self.redis,
+            dedupe_window_s=settings.dedupe_window_s,
+            retention_s=settings.retention_s,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+            keyring=self.keyring,
+        )
+
+    @functools.cached_property
+    def limiter(self) -> RateLimiter:
+        from bridge.ratelimit import RateLimiter
+
+        return RateLimiter(self.redis)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

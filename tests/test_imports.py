@@ -24,6 +24,9 @@ NEVER += ["difflib"]  # only to suggest a key in a mapping error
 CRYPTO = ["cryptography.hazmat.bindings._rust", "jwt.api_jwt", "jwt.algorithms"]
 WORKER_SIDE = ["httpx", "bridge.connect.client", "bridge.worker", "bridge.http.probe"]
 WEB_SIDE = [
+    "bridge.queue.ingest",  # the Accepter, built by Runtime.accepter when the web side first stores
+    "bridge.queue.replypipe",
+    "bridge.ratelimit",
     "bridge.app",
     "bridge.http.hooks",
     "bridge.http.admin",
