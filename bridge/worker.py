@@ -344,7 +344,7 @@ class Deliverer:
         command), a keyed command's end also marks the delivery delivered: returns True then."""
         idem = idempotency_key(record.mapping, record.event_id, command.index, "")
         if command.key is None:
-            outcome, entry_id = await self._apply(record, command, None, None)
+            outcome, entry_id = await self._apply(record, command, idem, None, None)
             await self._record_done(record, command, entry_id or outcome, _pins(idem))
             self._count(record, command, outcome)
             return False
@@ -358,6 +358,7 @@ class Deliverer:
             outcome, entry_id = await self._apply(
                 record,
                 command,
+                idem,
                 turn.last_order,
                 turn.entry_id,
                 on_created=functools.partial(self.ordering.link, turn),
@@ -400,20 +401,21 @@ class Deliverer:
         self,
         record: DeliveryRecord,
         command: LeadCommand,
+        idem: str,
         last_order: str | None,
         linked: str | None,
         *,
         on_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[str, str | None]:
-        """Create or patch; `last_order` and `linked` (the record's entry id) are what the turn
-        read for a keyed command, both None for an unkeyed one (always a create). `on_created`
-        gets a new entry's id as soon as the create answers (see `_create`)."""
+        """Create or patch under the command's idempotency key `idem`; `last_order` and `linked`
+        (the record's entry id) are what the turn read for a keyed command, both None for an
+        unkeyed one (always a create). `on_created` gets a new entry's id as soon as the create
+        answers (see `_create`)."""
         if command.order is not None and last_order is not None and _older(command.order, last_order):
             return "stale", None
         entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
-        idem = idempotency_key(record.mapping, record.event_id, command.index, "")
         # A delivery that ran before may have sent this command already (see `_send`).
         again = record.attempts > 0 or record.replayed_at is not None
         if entry_id is None:

@@ -74,7 +74,7 @@ class DeliveryRecord(BaseModel):
         """How much of its retry window the delivery has used: the time since it arrived, or
         since its last replay (a replay gets a whole window), less the time it was put back
         without an attempt (an open breaker, an earlier delivery's turn)."""
-        return max(0.0, now - max(self.received_at, self.replayed_at or 0.0) - self.held_s)
+        return max(0.0, self.kept_s(now) - self.held_s)
 
     def kept_s(self, now: float) -> float:
         """Time since its record's expiry was last set: at its arrival, or at its last replay
