@@ -22,6 +22,7 @@ unexpected exception dead-letters the delivery (its type in the reason, the stac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -147,17 +148,27 @@ class Deliverer:
         except TimeoutError:
             if not budget.expired():
                 raise self._queue_down(record.id) from None
-            exc = UpstreamError(
-                f"the delivery took longer than BRIDGE_JOB_TIMEOUT_S ({self.settings.job_timeout_s:g} s)",
-                retryable=True,
-            )
-            return await self._guarded(self._failed(record, exc, None), record)
+            return await self._guarded(self._timed_out(record), record)
         except (RedisError, OSError):
             raise self._queue_down(record.id) from None
         except Exception as exc:
             log.exception("unexpected error while delivering", extra=self._ids(record))
             reason = f"internal error ({type(exc).__name__}); see the worker log"
             return await self._guarded(self._dead(record, reason, None), record)
+
+    async def _timed_out(self, record: DeliveryRecord) -> str:
+        """The job ran out of time. When the limit struck after its outcome was written (the
+        last command's end script, or the dead-letter, ran just before it), that outcome
+        stands: it is not overwritten by a retry, nor the finished job queued again."""
+        status = await deliveries.status_of(self.redis, record.id)
+        if status in FINISHED:
+            await self.ordering.forget(record.id, record.mapping)
+            return status
+        exc = UpstreamError(
+            f"the delivery took longer than BRIDGE_JOB_TIMEOUT_S ({self.settings.job_timeout_s:g} s)",
+            retryable=True,
+        )
+        return await self._failed(record, exc, None)
 
     async def _guarded(self, step: Awaitable[str], record: DeliveryRecord) -> str:
         try:
@@ -487,10 +498,11 @@ class Deliverer:
 
         A delivery's first run (`again` false) sends without reading a pin, the round trip
         nearly every lead is spared, and pins what it sent only when that may be sent again: an
-        answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx), or success
-        of a step that the rest of its command (`keep`) may make a retry repeat. Later runs read
-        the pin (or pin what they build) before sending. Left out: a worker killed between a
-        first run's request and its answer, whose rerun builds the body anew."""
+        answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx, or a request
+        cut by the job's time limit or a drain), or success of a step that the rest of its
+        command (`keep`) may make a retry repeat. Later runs read the pin (or pin what they
+        build) before sending. Left out: a worker process killed between a first run's request
+        and its answer, whose rerun builds the body anew."""
         for refreshed in (False, True):
             body = await build()
             if again:
@@ -506,6 +518,12 @@ class Deliverer:
                     raise
                 self.tables.invalidate(table_id)
                 continue
+            except asyncio.CancelledError:
+                # The job's time limit or a drain cut the request: it may have been applied.
+                if not again:
+                    with contextlib.suppress(RedisError, OSError):
+                        await asyncio.shield(self.sent.pin(idem, body))
+                raise
             if keep and not again:
                 await self.sent.pin(idem, body)
             return answer

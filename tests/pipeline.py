@@ -19,6 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from bridge.app import create_app
+from bridge.queue import deliveries
 from bridge.runtime import Runtime
 from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID, create_sandbox_app
 from bridge.settings import Settings
@@ -88,8 +89,7 @@ class Pipeline:
         assert response.status_code == 200, response.text
 
     async def delivery_status(self, delivery_id: str) -> str | None:
-        raw = await self.redis.hget(f"lb:d:{delivery_id}", "status")
-        return raw.decode() if raw else None
+        return await deliveries.status_of(self.redis, delivery_id)
 
     async def wait_status(self, delivery_id: str, *statuses: str, timeout_s: float = 10) -> str:
         async def check() -> str | None:

@@ -218,20 +218,30 @@ lead:
 )
 
 
+@pytest.mark.parametrize(
+    ("hang_s", "limits"),
+    [
+        pytest.param(0.5, {}, id="the-answer-lost"),
+        # the job's time limit cuts the request (a cancellation, not an upstream error)
+        pytest.param(1.5, {"BRIDGE_JOB_TIMEOUT_S": 0.5}, id="the-job-out-of-time"),
+    ],
+)
 async def test_a_retry_after_a_lost_answer_resends_the_first_body_though_the_mapping_changed(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, hang_s: float, limits: dict[str, float]
 ) -> None:
-    # The create is applied upstream but its answer is lost; before the retry, the mapping is
-    # reloaded with one more field. The retry must send the body first sent under its
-    # idempotency key (the upstream answers 422 to the same key with another body, and the
-    # delivery would die unlinked: the record's next delivery would create a second lead).
+    # The create is applied upstream but its answer is lost (or never waited for); before the
+    # retry, the mapping is reloaded with one more field. The retry must send the body first
+    # sent under its idempotency key (the upstream answers 422 to the same key with another
+    # body, and the delivery would die unlinked: the record's next delivery would create a
+    # second lead).
     async with pipeline(
         redis_url,
         tmp_path / "m",
         mapping_files={"simple.yaml": SIMPLE},
         environ={"CONTACT_SECRET": SECRET},
+        **limits,
     ) as pipe:
-        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=hang_s)
         raw = orjson.dumps({"id": 31, "email": "h@example.com", "company": "Acme"})
         first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
         await until(pipe.entries)  # applied upstream, the answer not yet lost

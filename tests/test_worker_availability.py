@@ -118,6 +118,52 @@ async def test_a_job_over_its_time_limit_is_retried_not_dropped(redis_url: str, 
         assert len(await pipe.entries()) == 1
 
 
+async def test_a_time_limit_that_strikes_after_the_delivery_finished_leaves_it_delivered(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The last command's end script wrote "delivered" and finished the job; the limit then
+    struck before the job returned. Before: the delivery was marked retrying with a timeout in
+    its history, and its finished job queued again."""
+    async with pipeline(redis_url, tmp_path / "mappings", BRIDGE_JOB_TIMEOUT_S=0.5) as pipe:
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        apply_once = deliverer._apply_once
+        stalled = asyncio.Event()
+
+        async def stall_after_the_end(*args: Any, **kwargs: Any) -> bool:
+            finished = await apply_once(*args, **kwargs)
+            if finished and not stalled.is_set():
+                stalled.set()
+                await asyncio.Event().wait()  # until the job's time limit cancels it
+            return finished
+
+        outcomes: list[object] = []
+        within_time = deliverer._deliver_within_time
+
+        async def noted(*args: Any) -> str:
+            try:
+                outcome = await within_time(*args)
+            except BaseException as exc:
+                outcomes.append(exc)
+                raise
+            outcomes.append(outcome)
+            return outcome
+
+        deliverer._apply_once = stall_after_the_end  # type: ignore[method-assign]
+        deliverer._deliver_within_time = noted  # type: ignore[method-assign]
+        response = await pipe.send_signed({"data": {"email": "late@example.com", "first_name": "L"}})
+        delivery_id = response.json()["delivery_id"]
+
+        await until(lambda: bool(outcomes))
+        assert stalled.is_set()
+        assert outcomes == ["delivered"]
+        record = await deliveries.load(pipe.redis, delivery_id)
+        assert record is not None
+        assert (record.status, record.attempts, record.history) == ("delivered", 0, [])
+        assert await pipe.redis.zscore(arq_adapter.QUEUE_KEY, delivery_id) is None
+        assert len(await pipe.entries()) == 1
+
+
 async def test_an_unexpected_error_dead_letters_instead_of_losing_the_delivery(
     redis_url: str, tmp_path: Path
 ) -> None:

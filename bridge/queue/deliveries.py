@@ -180,6 +180,12 @@ def _payload(
     return body, orjson.loads(headers), None
 
 
+async def status_of(redis: Redis, delivery_id: str) -> str | None:
+    """The delivery's status as stored now (None: no record)."""
+    raw = await cast(Awaitable[bytes | None], redis.hget(keys.delivery(delivery_id), "status"))
+    return raw.decode() if raw is not None else None
+
+
 async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt, status: Status) -> int:
     """Append to the history (bounded), bump the attempt count, set the status; returns attempts."""
     history = [*record.history, attempt][-MAX_HISTORY:]
