@@ -502,3 +502,24 @@ def test_long_event_ids_are_hashed() -> None:
     event_id = provider.event_id(verified, provider.parse(verified))
     assert event_id.startswith("sha256:")
     assert len(event_id) <= MAX_EVENT_ID_CHARS
+
+
+def test_webflow_item_events_are_not_collapsed_onto_the_item_id() -> None:
+    # Only a form submission's payload.id names the event; in collection_item_changed (and the
+    # other item/user triggers) it is the *item's* id, the same for every change of that item.
+    case = next(c for c in CASES if c.provider == "webflow")
+    provider = provider_for(case)
+
+    def event_id(payload: dict[str, Any]) -> str:
+        body = json.dumps(payload).encode()
+        verified = provider.verify(request(body, case.sign(body, case.secrets[1], NOW_S)), NOW_S)
+        return str(provider.event_id(verified, provider.parse(verified)))
+
+    def changed(last_updated: str, name: str) -> dict[str, Any]:
+        item = {"id": "582b900cba19143b2bb8a759", "collectionId": "1111111", "lastUpdated": last_updated}
+        return {"triggerType": "collection_item_changed", "payload": {**item, "fieldData": {"name": name}}}
+
+    first = event_id(changed("2023-03-27T22:26:40.926Z", "Ada"))
+    second = event_id(changed("2023-03-28T09:12:03.114Z", "Ada Lovelace"))
+    assert first != second
+    assert first == event_id(changed("2023-03-27T22:26:40.926Z", "Ada"))  # a retry: the same body

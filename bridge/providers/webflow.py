@@ -6,8 +6,10 @@ src/wrapper/WebhooksClient.ts): `x-webflow-signature` is the hex HMAC-SHA256 of
 `{x-webflow-timestamp}:{raw body}`, keyed with the secret's UTF-8 bytes; the timestamp is Unix
 **milliseconds**. Webflow says to refuse requests older than 5 minutes; we refuse timestamps more
 than `tolerance_s` (300) away in either direction. Webflow counts only an exact 200 as success,
-so accepted deliveries are answered 200. The event id is `triggerType:payload.id` (the form
-submission's id) when present, else a hash of the body.
+so accepted deliveries are answered 200. The event id of a `form_submission` is
+`form_submission:payload.id` (the submission's id). In the other triggers `payload.id`, where
+there is one, names the CMS item or user (the same for each of its changes), so their event id
+is a hash of the body.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from bridge.providers.base import (
 )
 from bridge.providers.checks import check_fresh, header, integer_timestamp, signed_by_any
 
+# The one trigger whose `payload.id` identifies the event itself (the submission).
+FORM_SUBMISSION = "form_submission"
+
 
 class WebflowOptions(ProviderOptions):
     secret: Secrets
@@ -49,9 +54,12 @@ class WebflowProvider(Provider[WebflowOptions]):
         return Verified(request=request, provider=self.name)
 
     def event_id(self, verified: Verified, payload: Any) -> str:
-        if isinstance(payload, dict) and isinstance(payload.get("payload"), dict):
-            trigger = id_text(payload.get("triggerType"))
-            item = id_text(payload["payload"].get("id"))
-            if trigger and item:
-                return short_id(f"{trigger}:{item}")
+        if (
+            isinstance(payload, dict)
+            and payload.get("triggerType") == FORM_SUBMISSION
+            and isinstance(payload.get("payload"), dict)
+        ):
+            submission = id_text(payload["payload"].get("id"))
+            if submission:
+                return short_id(f"{FORM_SUBMISSION}:{submission}")
         return body_hash(verified.request.body)
