@@ -34,7 +34,7 @@ EXAMPLES: dict[str, str | None] = {
     "calendly-booking": "invitee.created:https://api.calendly.com/scheduled_events/GBGBDCAADAEDCRZ2/invitees/"
     "AAAAAAAAAAAAAAAA:2024-05-14T17:51:19.000000Z",
     "meta-lead-ads-form": None,
-    "hubspot-contact-sync": "1001,1002",
+    "hubspot-contact-sync": "62515:24801:1001,62515:24802:1002",
     "pipedrive-person-sync": "6ba407fc-006d-4556-9804-8298e584a288",
     "jotform-quote-request": "5912345678901234567",
     "salesforce-lead-outbound": "04l5g00000ABcDeAAF,04l5g00000ABcDfAAF",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from typing import Any
 
 import pytest
@@ -88,7 +89,7 @@ def test_sdk_and_doc_v1_vectors() -> None:
     verified = hubspot.verify(
         request({"X-HubSpot-Signature-Version": "v1", "X-HubSpot-Signature": DOC_V1}, body=DOC_V1_BODY), 0
     )
-    assert hubspot.event_id(verified, hubspot.parse(verified)) == "1"
+    assert hubspot.event_id(verified, hubspot.parse(verified)) == "62515:12345:1"
 
 
 def test_only_configured_versions_are_accepted() -> None:
@@ -169,9 +170,9 @@ def test_event_id_is_the_sorted_event_ids_or_a_hash() -> None:
     hubspot = provider()
     timestamp = int(NOW_S * 1000)
     cases = [
-        (b'[{"eventId": 10}, {"eventId": 9}, {"eventId": 100}]', "9,10,100"),
-        (b'[{"eventId": "abc"}]', "abc"),
-        (b'{"eventId": 5}', "5"),
+        (b'[{"eventId": 10}, {"eventId": 9}, {"eventId": 100}]', "::9,::10,::100"),
+        (b'[{"eventId": "abc", "portalId": 33, "subscriptionId": 25}]', "33:25:abc"),
+        (b'{"eventId": 5, "portalId": 33}', "33::5"),
         (b'[{"eventId": 1}, {"no": "id"}]', None),
         (b"[]", None),
         (b'[{"eventId": 1.5}]', None),
@@ -186,3 +187,26 @@ def test_event_id_is_the_sorted_event_ids_or_a_hash() -> None:
         request(v3_headers(SDK_SECRET, "POST", SDK_URL, many, timestamp), body=many), NOW_S
     )
     assert hubspot.event_id(verified, hubspot.parse(verified)).startswith("sha256:")
+
+
+def test_event_id_tells_apart_equal_event_ids_of_other_portals_or_subscriptions() -> None:
+    # HubSpot: eventId "is not guaranteed to be unique". An app's one target URL receives every
+    # installed portal's events, so the id also names the portal and the subscription (both
+    # stable across retries); attemptNumber, which changes on each retry, is never part of it.
+    hubspot = provider()
+    timestamp = int(NOW_S * 1000)
+
+    def event_id(*events: dict[str, Any]) -> str:
+        body = json.dumps(list(events)).encode()
+        verified = hubspot.verify(
+            request(v3_headers(SDK_SECRET, "POST", SDK_URL, body, timestamp), body=body), NOW_S
+        )
+        return str(hubspot.event_id(verified, hubspot.parse(verified)))
+
+    event = {"eventId": 3816279340, "subscriptionId": 25, "portalId": 33, "attemptNumber": 0, "objectId": 1}
+    other_portal = event | {"portalId": 34, "objectId": 2}
+    other_subscription = event | {"subscriptionId": 26, "objectId": 3}
+    ids = {event_id(event), event_id(other_portal), event_id(other_subscription)}
+    assert len(ids) == 3
+    assert event_id(event) == event_id(event | {"attemptNumber": 1})
+    assert event_id(event, other_portal) == event_id(other_portal | {"attemptNumber": 2}, event)

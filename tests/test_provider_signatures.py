@@ -261,7 +261,7 @@ CASES = [
         secret_option(),
         "X-HubSpot-Signature-v3",
         ("X-HubSpot-Signature-v3", "X-HubSpot-Request-Timestamp"),
-        "1001,1002",
+        "62515:24801:1001,62515:24802:1002",
         tolerance_s=300,
     ),
 ]

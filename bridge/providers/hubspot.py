@@ -18,8 +18,10 @@ Only the versions listed in `versions` (default `[v3]`) are accepted; v1 and v2 
 timestamp, so a captured request can be replayed: enable them only for apps that need them.
 The URI is `public_url` — the URL HubSpot calls, for when a proxy or ingress rewrites what the
 app sees (the request's query string is appended when `public_url` has none) — else the URL
-as received. A delivery is a JSON array of events; the event id is their `eventId`s, sorted
-and joined (hashed when long).
+as received. A delivery is a JSON array of events. HubSpot says an `eventId` "is not guaranteed
+to be unique" and one target URL receives the events of every portal that installed the app, so
+each event is named `{portalId}:{subscriptionId}:{eventId}` (all three stable across retries;
+`attemptNumber` is not used); the event id is these names, sorted and joined (hashed when long).
 """
 
 from __future__ import annotations
@@ -129,7 +131,16 @@ class HubSpotProvider(Provider[HubSpotOptions]):
 
     def event_id(self, verified: Verified, payload: Any) -> str:
         events = payload if isinstance(payload, list) else [payload]
-        ids = [id_text(event.get("eventId")) if isinstance(event, dict) else None for event in events]
+        ids = [event_name(event) for event in events]
         if not ids or None in ids:
             return body_hash(verified.request.body)
         return short_id(",".join(sorted((i for i in ids if i), key=lambda i: (len(i), i))))
+
+
+def event_name(event: Any) -> str | None:
+    """`{portalId}:{subscriptionId}:{eventId}` ('' for a missing part); None without an eventId."""
+    event_id = id_text(event.get("eventId")) if isinstance(event, dict) else None
+    if event_id is None:
+        return None
+    scope = [id_text(event.get(key)) or "" for key in ("portalId", "subscriptionId")]
+    return ":".join([*scope, event_id])
