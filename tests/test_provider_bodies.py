@@ -65,6 +65,28 @@ def test_bad_json_is_invalid_body(body: bytes) -> None:
         parse_json(body)
 
 
+def test_json_with_a_lone_surrogate_escape_parses_with_a_replacement_character() -> None:
+    # What JavaScript's JSON.stringify writes for a string cut inside an emoji: valid JSON, which
+    # orjson alone refuses. A pair stays the character it encodes.
+    body = rb'{"name": "Ann \ud83d", "ok": "\ud83d\ude00", "\uDE00k": [1, -2, 3.5, null, true]}'
+    assert parse_json(body) == {"name": "Ann \ufffd", "ok": "\U0001f600", "\ufffdk": [1, -2, 3.5, None, True]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        rb'{"a": NaN, "b": "\ud800"}',
+        rb'{"a": 18446744073709551616, "b": "\ud800"}',
+        rb'{"a": "\ud800"',
+        rb'{"a": "\ud800"} x',
+        b"[" * 70 + rb'"\ud800"' + b"]" * 70,
+    ],
+)
+def test_json_with_a_lone_surrogate_is_still_refused_for_anything_else(body: bytes) -> None:
+    with pytest.raises(InvalidBody):
+        parse_json(body)
+
+
 # --- urlencoded -----------------------------------------------------------------------------------
 
 

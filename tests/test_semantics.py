@@ -149,6 +149,16 @@ async def test_null_deletes_only_when_the_source_cleared_it(crm: Pipeline) -> No
     assert data["email"] == "b@example.com"
 
 
+async def test_a_lone_surrogate_in_a_value_is_delivered_as_a_replacement_character(crm: Pipeline) -> None:
+    # A form field cut inside an emoji, as JavaScript's JSON.stringify writes it: it used to be a
+    # 400, then the same on every retry of the provider, and the lead was lost.
+    raw = rb'{"id": 51, "email": "s@example.com", "company": "Caf\ud83d"}'
+    response = await crm.post("crm", raw, sign(raw))
+    assert response.status_code == 202, response.text
+    await crm.wait_status(response.json()["delivery_id"], "delivered")
+    assert (await _only_entry(crm))["data"] == {"email": "s@example.com", "company": "Caf\ufffd"}
+
+
 async def test_a_state_change_fires_exactly_one_event(crm: Pipeline) -> None:
     await _send(crm, "crm", {"id": 9, "email": "c@example.com", "stage": "lead"})
     await _send(crm, "crm", {"id": 9, "stage": "sql"})

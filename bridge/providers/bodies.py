@@ -15,6 +15,8 @@ skipped (a lead is text; uploads are not stored).
 from __future__ import annotations
 
 import codecs
+import json
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -41,14 +43,62 @@ JSON = "application/json"
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body; nesting deeper than MAX_JSON_DEPTH levels is refused."""
+    """Parse a JSON body; nesting deeper than MAX_JSON_DEPTH levels is refused. A lone UTF-16
+    surrogate escape in a string becomes U+FFFD (see `_parse_with_lone_surrogates`)."""
     try:
         value = orjson.loads(body)
-    except (orjson.JSONDecodeError, RecursionError):
+    except orjson.JSONDecodeError:
+        value = _parse_with_lone_surrogates(body)
+    except RecursionError:
         raise InvalidBody("body is not valid JSON") from None
     # A body with no more than MAX_JSON_DEPTH brackets cannot be nested deeper: skip the walk.
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth_exceeds(value, MAX_JSON_DEPTH):
         raise InvalidBody(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+# A \uXXXX escape of a UTF-16 surrogate (D800-DFFF).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# The integers orjson reads (and can write again): signed and unsigned 64-bit.
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _parse_with_lone_surrogates(body: bytes) -> Any:
+    """JSON that orjson refuses only for a lone surrogate escape: `"\\ud83d"`, half of an emoji,
+    is valid JSON, and what JavaScript's JSON.stringify writes for a string cut inside a
+    surrogate pair (a form field's maxlength counts UTF-16 units). Refusing it would lose the
+    lead: the provider's retries carry the same body. The standard library parses it, with what
+    orjson refuses otherwise still refused (NaN and Infinity, integers past 64 bits), and each
+    lone surrogate becomes U+FFFD, so that the lead's values can be written as JSON again."""
+    if not _SURROGATE_ESCAPE.search(body):
+        raise InvalidBody("body is not valid JSON")
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        raise InvalidBody("body is not valid JSON") from None
+    if json_depth_exceeds(value, MAX_JSON_DEPTH):
+        raise InvalidBody(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return _without_lone_surrogates(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if value not in _INT_RANGE:
+        raise ValueError("integer out of range")
+    return value
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
     return value
 
 
