@@ -449,6 +449,12 @@ class Scenarios:
         self.results.rss["c"] = naive["rss_mib"]
         self.results.uss["worker"] = lb["uss_mib"]
         self.results.uss["c"] = naive["uss_mib"]
+        # Against a slow upstream every slot holds a delivery (BRIDGE_WORKER_CONCURRENCY, 100):
+        # the worker's fullest steady state, judged too.
+        self.results.rss["worker_100ms"] = lb_slow["rss_mib"]
+        self.results.rss["c_100ms"] = naive_slow["rss_mib"]
+        self.results.uss["worker_100ms"] = lb_slow["uss_mib"]
+        self.results.uss["c_100ms"] = naive_slow["uss_mib"]
 
     # -- the whole service ----------------------------------------------------------------------
 
@@ -661,6 +667,7 @@ class Scenarios:
         for kind, label, base, base_label in (
             ("serve", "memory: leadbridge serve RSS (peak at c=64)", "b", "(b)"),
             ("worker", "memory: leadbridge worker RSS (peak, draining)", "c", "(c)"),
+            ("worker_100ms", "memory: leadbridge worker RSS (peak, 100 ms upstream)", "c_100ms", "(c)"),
         ):
             value = rss.get(kind)
             if kind not in rss:
