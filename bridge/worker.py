@@ -44,7 +44,7 @@ from bridge.queue.arq_adapter import JobFinished, Retry
 from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
-from bridge.queue.ordering import Ordering, Registration, Step
+from bridge.queue.ordering import Ordering, Pin, Registration, Step
 from bridge.queue.sent import SentBodies, frees_key
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
@@ -360,12 +360,22 @@ class Deliverer:
             self._count(record, command, outcome)
             return False
         step = Step(record.id, record.seq, command.link, command.key, command.index)
-        async with self.ordering.turn(step, self._link_group(record, command.link), registration) as turn:
+        create, pin = await self._create_pin(command, idem)
+        upsert = pin is not None and not pin.always
+        turn_of = self.ordering.turn(step, self._link_group(record, command.link), registration, pin)
+        del pin  # its sealed body: the turn's first round trip sends it, nothing keeps it after
+        async with turn_of as turn:
             if turn.done:
                 # An earlier run of this same job applied it (a crash, or a lease that ran out).
                 if last_for_key:
                     await self.ordering.release(record.id, command.link, command.key)
                 return False
+            if turn.pinned is not None and create is not None:
+                # An earlier run pinned its create, and may have sent it (killed, or its lease
+                # ran out, before any attempt was recorded): send that body, as a retry would.
+                create = await self.sent.opened(idem + "c", turn.pinned, create)
+            elif upsert and turn.entry_id is not None:
+                create = None  # an upsert of a linked record: a patch, nothing was pinned
             outcome, entry_id = await self._apply(
                 record,
                 command,
@@ -373,6 +383,8 @@ class Deliverer:
                 turn.last_order,
                 turn.entry_id,
                 on_created=functools.partial(self.ordering.link, turn),
+                create=create,
+                earlier=turn.pinned is not None,
             )
             await self.ordering.end(
                 turn,
@@ -385,6 +397,19 @@ class Deliverer:
             )
         self._count(record, command, outcome)
         return finish
+
+    async def _create_pin(self, command: LeadCommand, idem: str) -> tuple[dict[str, Any] | None, Pin | None]:
+        """For a keyed command that may create: its create body, built now, and the `Pin` its
+        turn sets before the body is sent (no round trip of its own). So a worker killed while
+        the create was in flight leaves the body it sent behind, and the rerun sends that body
+        under the key even if its mapping or tables changed meanwhile (the upstream refuses the
+        key with another body: 422, dead-lettered, the entry never linked, a second lead at the
+        record's next event)."""
+        if command.action == "patch":
+            return None, None
+        body = await bodies.create_body(command, self.tables)
+        pin = Pin(keys.sent(idem + "c"), self.sent.sealed(idem + "c", body), command.action == "create")
+        return body, pin
 
     async def _record_done(
         self, record: DeliveryRecord, command: LeadCommand, result: str, unpin: list[str]
@@ -417,20 +442,23 @@ class Deliverer:
         linked: str | None,
         *,
         on_created: Callable[[str], Awaitable[None]] | None = None,
+        create: dict[str, Any] | None = None,
+        earlier: bool = False,
     ) -> tuple[str, str | None]:
         """Create or patch under the command's idempotency key `idem`; `last_order` and `linked`
         (the record's entry id) are what the turn read for a keyed command, both None for an
         unkeyed one (always a create). `on_created` gets a new entry's id as soon as the create
-        answers (see `_create`)."""
+        answers (see `_create`). `create`: the create body the turn pinned (`_create_pin`);
+        `earlier`: an earlier run had pinned it (so may have sent this command)."""
         if command.order is not None and last_order is not None and _older(command.order, last_order):
             return "stale", None
         entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
         # A delivery that ran before may have sent this command already (see `_send`).
-        again = record.attempts > 0 or record.replayed_at is not None
+        again = record.attempts > 0 or record.replayed_at is not None or earlier
         if entry_id is None:
-            return "created", await self._create(command, idem, on_created, again)
+            return "created", await self._create(command, idem, on_created, again, create)
         if await self._patch(command, entry_id, idem + "p", again):
             return "patched", entry_id
         return "skipped", entry_id
@@ -441,11 +469,13 @@ class Deliverer:
         idem: str,
         on_created: Callable[[str], Awaitable[None]] | None,
         again: bool,
+        pinned: dict[str, Any] | None = None,
     ) -> str:
         """Create the entry, then patch what a create cannot set. The entry exists from the
         create's answer on: `on_created` (a keyed command's link) is told before the patch, so a
         patch that fails for good (dead-lettered) leaves the record linked to its entry, and the
-        record's next delivery patches that entry instead of creating a second one."""
+        record's next delivery patches that entry instead of creating a second one. `pinned`:
+        the body already pinned under the create's key (see `_send`)."""
         later = bodies.after_create(command)
         entry = await self._send(
             idem + "c",
@@ -454,6 +484,7 @@ class Deliverer:
             again=again,
             keep=bool(later),  # the command goes on: a retry may have to send this create again
             table_id=command.table,
+            pinned=pinned,
         )
         entry_id = entry.get("id")
         if entry_id is None:
@@ -490,6 +521,7 @@ class Deliverer:
         again: bool,
         keep: bool = False,
         table_id: str | None = None,
+        pinned: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Build the body and send it under the idempotency key `idem`, or the body an earlier
         attempt pinned under it (`bridge.queue.sent`). On an upstream 400 the table may have
@@ -501,18 +533,23 @@ class Deliverer:
         answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx, or a request
         cut by the job's time limit or a drain), or success of a step that the rest of its
         command (`keep`) may make a retry repeat. Later runs read the pin (or pin what they
-        build) before sending. Left out: a worker process killed between a first run's request
-        and its answer, whose rerun builds the body anew."""
+        build) before sending. `pinned`: a body pinned under `idem` already (a keyed create's,
+        by its turn: `_create_pin`), sent as it is and not pinned again (after a 400's table
+        refresh, which unpins it, the body is built anew)."""
         for refreshed in (False, True):
-            body = await build()
-            if again:
-                body = await self.sent.pin(idem, body)
+            if pinned is not None and not refreshed:
+                body, unpinned = pinned, False
+            else:
+                body = await build()
+                if again:
+                    body = await self.sent.pin(idem, body)
+                unpinned = not again
             try:
                 answer = await send(body)
             except UpstreamError as exc:
                 if frees_key(exc.status, exc.retryable):
                     await self.sent.unpin(idem)
-                elif not again:
+                elif unpinned:
                     await self.sent.pin(idem, body)
                 if exc.status != 400 or refreshed or table_id is None:
                     raise
@@ -520,11 +557,11 @@ class Deliverer:
                 continue
             except asyncio.CancelledError:
                 # The job's time limit or a drain cut the request: it may have been applied.
-                if not again:
+                if unpinned:
                     with contextlib.suppress(RedisError, OSError):
                         await asyncio.shield(self.sent.pin(idem, body))
                 raise
-            if keep and not again:
+            if keep and unpinned:
                 await self.sent.pin(idem, body)
             return answer
         raise AssertionError("unreachable")

@@ -221,3 +221,50 @@ async def test_kill_9_of_everything_loses_no_accepted_webhook(setup: Setup) -> N
     assert accepted <= set(counts)
     added = [e for e in setup.sandbox.events if e["type"] == "table.entry.added"]
     assert len(added) == len(counts)
+
+
+async def test_a_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_the_mapping_changed(
+    setup: Setup,
+) -> None:
+    # The create reached the upstream (applied, its answer held back), then everything was killed
+    # before any attempt was recorded; the mapping changed before the restart. The rerun must send
+    # the body first sent under the create's idempotency key: with a body built anew the upstream
+    # answers 422, the delivery dies unlinked, and the record's next event creates a second lead.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    setup.set_faults(lost_response_rate=1.0, timeout_s=60)
+    service = setup.service("first", BRIDGE_PORT=port).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", service)
+        assert (await send(setup.http, base, "cut@example.com")).status_code == 202
+        await until(lambda: setup.entries_by_email() == {"cut@example.com": 1}, timeout_s=10)
+        state = json.loads((setup.tmp / "data" / "valkey" / "server.json").read_text())
+        service.kill_group(signal.SIGKILL)
+        os.kill(int(state["pid"]), signal.SIGKILL)
+        service.wait(10)
+    finally:
+        service.stop()
+    setup.set_faults()
+    again = setup.service("second", BRIDGE_PORT=port)  # writes the mapping: changed after it
+    mapping = setup.tmp / "mappings" / "contact.yaml"
+    mapping.write_text(CONTACT_MAPPING + "    last_name: data.first_name\n")
+    again.start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
+        # The record's next event: after the first delivery's turn, a patch of its entry (or,
+        # had that delivery died unlinked, a second entry).
+        assert (await send(setup.http, base, "cut@example.com")).status_code == 202
+
+        def settled() -> bool:
+            entries = list(setup.sandbox.entries.values())
+            return len(entries) > 1 or any("last_name" in e["data"] for e in entries)
+
+        await until(settled, timeout_s=20)
+        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
+    finally:
+        again.stop()
+    assert setup.entries_by_email() == {"cut@example.com": 1}
+    entry = next(iter(setup.sandbox.entries.values()))
+    assert entry["data"] == {"email": "cut@example.com", "first_name": "K", "last_name": "K"}
+    added = [e for e in setup.sandbox.events if e["type"] == "table.entry.added"]
+    assert len(added) == 1

@@ -61,10 +61,12 @@ MIN_DEFER_S = 0.05
 # (what `Ordering.register` does) first. KEYS: pending(K), K's lock, the delivery's done hash, K's
 # order value, K's link (entry id), the G unplanned sets of the link's mappings, then, when
 # registering, the delivery's hash, its mapping's unplanned set, the W sets to join and the L
-# sets to leave. ARGV: seq, arq queue key, lock token, lease ms, command index, G, W (-1: no
-# registration), L, the delivery's new `pending_keys` ('' when unchanged), delivery id, retention s.
-# Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms},
-# {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false} (lock now held).
+# sets to leave, and last, with a pin (`Pin`), its key. ARGV: seq, arq queue key, lock token,
+# lease ms, command index, G, W (-1: no registration), L, the delivery's new `pending_keys` (''
+# when unchanged), delivery id, retention s, then with a pin its value and '1' (always) or '0'
+# (only with no entry linked). Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its
+# due time ms}, {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false, the
+# body an earlier run pinned or false} (lock now held; the pin set, unless one was there).
 # A blocker is alive while its job is in the queue (claimed, due or deferred); one that is not
 # will never run again and is dropped from the set.
 BEGIN_SCRIPT = """
@@ -103,7 +105,17 @@ if found then return found end
 if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {2, redis.call('PTTL', KEYS[2])}
 end
-return {3, redis.call('GET', KEYS[4]) or false, redis.call('GET', KEYS[5]) or false}
+local linked = redis.call('GET', KEYS[5]) or false
+local pinned = false
+if ARGV[12] and (ARGV[13] == '1' or not linked) then
+  pinned = redis.call('GET', KEYS[#KEYS])
+  if pinned then
+    redis.call('EXPIRE', KEYS[#KEYS], ARGV[11])
+  else
+    redis.call('SET', KEYS[#KEYS], ARGV[12], 'EX', ARGV[11])
+  end
+end
+return {3, redis.call('GET', KEYS[4]) or false, linked, pinned}
 """
 DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 
@@ -203,7 +215,8 @@ class Registration:
 
 @dataclass
 class Turn:
-    """A step's turn: already done by an earlier run, or its lock held with what it needs to know."""
+    """A step's turn: already done by an earlier run, or its lock held with what it needs to know.
+    `pinned`: what an earlier run pinned under the turn's `Pin` (None: nothing, or no pin asked)."""
 
     step: Step
     token: str
@@ -211,6 +224,19 @@ class Turn:
     last_order: str | None = None
     entry_id: str | None = None
     ended: bool = False
+    pinned: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A create's request body to pin (`bridge.queue.sent`) in the round trip that starts its
+    turn, before it is sent: under `key`, `value` (sealed as `SentBodies` seals), unless a body
+    is pinned there already (an earlier run's: the turn returns it). Only when the record has no
+    entry linked yet, unless `always` (an action "create", which creates all the same)."""
+
+    key: str
+    value: bytes
+    always: bool
 
 
 class Ordering:
@@ -282,14 +308,19 @@ class Ordering:
 
     @contextlib.asynccontextmanager
     async def turn(
-        self, step: Step, mappings: Collection[str], registration: Registration | None = None
+        self,
+        step: Step,
+        mappings: Collection[str],
+        registration: Registration | None = None,
+        pin: Pin | None = None,
     ) -> AsyncIterator[Turn]:
         """Wait until no earlier delivery can still touch the step's record and take its lease
         lock (renewed in the background) for the block; one round trip when nothing is in the
         way. Yields a Turn with `done` set, and no lock, when an earlier run applied the step.
         Raises OrderWait when the record stays busy for longer than the wait allowed in a job.
         With `registration`, the first look also does what `register` does (one round trip
-        instead of two), before anything else."""
+        instead of two), before anything else; with `pin`, the look that takes the turn pins it
+        (see `Pin`)."""
         group = [unplanned_key(m) for m in sorted(mappings)]
         names = [step.pending, step.lock, keys.done(step.delivery_id), step.order, step.linked, *group]
         token = uuid.uuid4().hex
@@ -301,13 +332,17 @@ class Ordering:
             step.index,
             len(group),
         ]
-        args = [*common, -1, 0, "", step.delivery_id, self._retention_s]
+        args: list[str | int | bytes] = [*common, -1, 0, "", step.delivery_id, self._retention_s]
+        pinning: list[str | int | bytes] = [pin.value, "1" if pin.always else "0"] if pin else []
         look_names, look_args = names, args  # what the next look sends
         if registration is not None:
             r = registration
             look_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
             pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
             look_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
+        if pin is not None:  # the pin's key last (KEYS[#KEYS]), its value and `always` after ARGV[11]
+            names, look_names = [*names, pin.key], [*look_names, pin.key]
+            args, look_args = [*args, *pinning], [*look_args, *pinning]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
         while True:
@@ -337,7 +372,9 @@ class Ordering:
                 )
             await asyncio.sleep(pause)  # polling another process's progress, not a test sync
             pause = min(pause * 2, 0.1)
-        held = Turn(step, token, last_order=_text(found[1]), entry_id=_text(found[2]))
+        last_order, entry_id, pinned = _text(found[1]), _text(found[2]), found[3] or None
+        held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned)
+        del names, args, look_names, look_args, pinning, pin, found  # the pinned body: not kept
         renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
             yield held

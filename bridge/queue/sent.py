@@ -60,17 +60,29 @@ class SentBodies:
     async def pin(self, idempotency_key: str, body: dict[str, Any]) -> dict[str, Any]:
         """What to send under `idempotency_key`: the body pinned by an earlier attempt, or
         `body`, pinned now; kept for the retention from this send on. One round trip."""
-        name = keys.sent(idempotency_key)
-        mine = self._seal(idempotency_key, orjson.dumps(body))
-        current = await self._pin(keys=[name], args=[mine, self._retention_s])
+        mine = self.sealed(idempotency_key, body)
+        current = await self._pin(keys=[keys.sent(idempotency_key)], args=[mine, self._retention_s])
         if not current:
             return body
+        return await self.opened(idempotency_key, current, body, mine)
+
+    def sealed(self, idempotency_key: str, body: dict[str, Any]) -> bytes:
+        """`body` as it is pinned under `idempotency_key` (sealed when keys are set)."""
+        return self._seal(idempotency_key, orjson.dumps(body))
+
+    async def opened(
+        self, idempotency_key: str, stored: bytes, body: dict[str, Any], mine: bytes | None = None
+    ) -> dict[str, Any]:
+        """The body pinned as `stored`; if it cannot be read, `body` (`mine`: sealed), pinned in
+        its place."""
         try:
-            pinned: dict[str, Any] = orjson.loads(self._open(idempotency_key, current))
+            pinned: dict[str, Any] = orjson.loads(self._open(idempotency_key, stored))
         except (crypto.DecryptError, orjson.JSONDecodeError) as exc:
             # Sealed with a key no longer configured (or damaged): this attempt's body it is.
             log.warning("a pinned request body cannot be read; sending the new one (%s)", exc)
-            await self._redis.set(name, mine, ex=self._retention_s)
+            if mine is None:
+                mine = self.sealed(idempotency_key, body)
+            await self._redis.set(keys.sent(idempotency_key), mine, ex=self._retention_s)
             return body
         return pinned
 
