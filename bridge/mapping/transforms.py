@@ -59,6 +59,8 @@ _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 _CURRENCY = " \t$€£¥₹"
+# The integers orjson, which writes the request body, can write: signed and unsigned 64-bit.
+_INT_RANGE = range(-(2**63), 2**64)
 _TRUE = frozenset({"true", "yes", "y", "1", "on", "checked"})
 _FALSE = frozenset({"false", "no", "n", "0", "off", "unchecked"})
 _DATE_FORMATS = (
@@ -189,7 +191,7 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
+        return value if value in _INT_RANGE else _float_of(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
@@ -210,9 +212,17 @@ def to_number(value: Any) -> int | float | None:
             text = text.replace(",", ".")
     if not _NUMERIC.match(text):
         return None
-    if "." not in text and "e" not in text.lower():
-        return int(text)
+    if "." not in text and "e" not in text.lower() and len(text) <= 40:
+        return to_number(int(text))  # a longer one could pass int()'s 4300-digit limit
     return to_number(float(text))
+
+
+def _float_of(value: int) -> float | None:
+    """An integer past 64 bits as the float a JSON body's own such number parses to."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def to_integer(value: Any) -> int | None:
