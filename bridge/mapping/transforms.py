@@ -58,6 +58,9 @@ _EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
+# JavaScript's Date#toString ends "GMT+0200 (Central European Summer Time)"; parsedate reads
+# "GMT" and drops the offset after it, so the offset is made a plain "+0200".
+_GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$", re.IGNORECASE)
 _CURRENCY = " \t$€£¥₹"
 # The integers orjson, which writes the request body, can write: signed and unsigned 64-bit.
 _INT_RANGE = range(-(2**63), 2**64)
@@ -310,6 +313,7 @@ def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | Non
         return _aware(datetime.strptime(text, fmt), zone)
     if _NUMERIC.match(text):
         return _from_epoch(float(text))
+    text = _GMT_OFFSET.sub(r" \1\2", text)
     try:
         return _aware(datetime.fromisoformat(_LONG_FRACTION.sub(r"\1", text)), zone)
     except ValueError:
