@@ -277,15 +277,24 @@ def _phone_e164(value: str, region: str | None, strict: bool) -> str | None:
         return None
     if region is None and text.startswith("00"):
         text = "+" + text[2:]
+    number = _phone_number(text, region, strict)
+    if number is None and region is not None and text.startswith("00"):
+        # "00" + country code, as most of the world writes it, where the region's own
+        # international prefix is another (US 011, AU 0011, JP 010)
+        number = _phone_number("+" + text[2:], None, strict)
+    if number is None:
+        return None
+    result: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return result
+
+
+def _phone_number(text: str, region: str | None, strict: bool) -> phonenumbers.PhoneNumber | None:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     ok = phonenumbers.is_valid_number(number) if strict else phonenumbers.is_possible_number(number)
-    if not ok:
-        return None
-    result: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return result
+    return number if ok else None
 
 
 # --- time ---------------------------------------------------------------------------------------
