@@ -11,7 +11,7 @@ value's `default` and `required` then apply), never an exception. None stays Non
 | number | int or float, from text too ("5,000.50", "5.000,50", "$ 300"); integral values as int |
 | integer | like number, but only integral values (1.5 gives null) |
 | boolean | true/false, 1/0, and text yes/no, y/n, true/false, on/off, 1/0, checked/unchecked |
-| email | trim + lower (and drop a `mailto:`); not an address gives null |
+| email | trim + lower (and drop a `mailto:` and invisible characters); not an address gives null |
 | phone_e164 | E.164 text via phonenumbers (options below) |
 | datetime | ISO-8601 UTC with `Z`; in: epoch s or ms, ISO-8601, RFC 2822, common dates |
 
@@ -55,6 +55,9 @@ TRANSFORM_NAMES = (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$")
+# Invisible characters that come along with pasted text and are never part of an address:
+# zero-width space, word joiner, BOM, and the direction marks and embeddings of RTL interfaces.
+_INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -255,7 +258,7 @@ def to_boolean(value: Any) -> bool | None:
 def to_email(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
-    text = value.strip().lower()
+    text = _INVISIBLE.sub("", value).strip().lower()
     if text.startswith("mailto:"):
         text = text[len("mailto:") :]
     return text if _EMAIL.match(text) else None
