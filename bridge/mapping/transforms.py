@@ -60,6 +60,9 @@ _EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$")
 _INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
+_THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(?:\.\d{3}){2,}$")  # 1.234.567; one dot is a decimal point
+# Spaces of any kind (fr writes a narrow no-break space), "_" and de-CH's apostrophes.
+_DIGIT_GROUPING = re.compile(r"[\s_'\u2019]")
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 # JavaScript's Date#toString ends "GMT+0200 (Central European Summer Time)"; parsedate reads
 # "GMT" and drops the offset after it, so the offset is made a plain "+0200".
@@ -204,7 +207,7 @@ def to_number(value: Any) -> int | float | None:
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if not isinstance(value, str):
         return None
-    text = value.strip(_CURRENCY).replace(" ", "").replace("_", "").replace("\u00a0", "")
+    text = _DIGIT_GROUPING.sub("", value.strip().strip(_CURRENCY))
     if "," in text:
         if "." in text:
             # the later separator is the decimal one: 5,000.50 or 5.000,50
@@ -216,6 +219,8 @@ def to_number(value: Any) -> int | float | None:
             text = text.replace(",", "")
         else:
             text = text.replace(",", ".")
+    elif _THOUSANDS_DOTS.match(text):
+        text = text.replace(".", "")
     if not _NUMERIC.match(text):
         return None
     if "." not in text and "e" not in text.lower() and len(text) <= 40:
