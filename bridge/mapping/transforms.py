@@ -366,7 +366,8 @@ def format_datetime(moment: datetime | None) -> str | None:
     """ISO-8601 UTC with a `Z`: 2025-07-01T10:00:00Z (milliseconds only when not zero)."""
     if moment is None:
         return None
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    # strftime's %Y does not pad years before 1000 to four digits (glibc): "202-07-01"
+    text = f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}"
     millis = moment.microsecond // 1000
     return f"{text}.{millis:03d}Z" if millis else text + "Z"
 
