@@ -67,6 +67,10 @@ _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 # JavaScript's Date#toString ends "GMT+0200 (Central European Summer Time)"; parsedate reads
 # "GMT" and drops the offset after it, so the offset is made a plain "+0200".
 _GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$", re.IGNORECASE)
+# A zone name after the time: "… UTC" (Ruby's Time#to_s) is UTC, whatever the `tz` option; after
+# an offset ("… +0200 CEST", Go's time.Time) it adds nothing. Other names alone stay unread.
+_UTC_NAME = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
+_NAME_AFTER_OFFSET = re.compile(r"(\s*[+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$")
 _CURRENCY = " \t$€£¥₹"
 # The integers orjson, which writes the request body, can write: signed and unsigned 64-bit.
 _INT_RANGE = range(-(2**63), 2**64)
@@ -331,6 +335,9 @@ def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | Non
     if _NUMERIC.match(text):
         return _from_epoch(float(text))
     text = _GMT_OFFSET.sub(r" \1\2", text)
+    text = _NAME_AFTER_OFFSET.sub(r"\1", text)
+    if _UTC_NAME.search(text):
+        text, zone = _UTC_NAME.sub("", text), UTC
     try:
         return _aware(datetime.fromisoformat(_LONG_FRACTION.sub(r"\1", text)), zone)
     except ValueError:
