@@ -11,7 +11,7 @@ value's `default` and `required` then apply), never an exception. None stays Non
 | number | int or float, from text too ("5,000.50", "5.000,50", "$ 300"); integral values as int |
 | integer | like number, but only integral values (1.5 gives null) |
 | boolean | true/false, 1/0, and text yes/no, y/n, true/false, on/off, 1/0, checked/unchecked |
-| email | trim + lower (and drop a `mailto:` and invisible characters); not an address gives null |
+| email | trim + lower (drop a `mailto:`, invisible characters, <…>); not an address gives null |
 | phone_e164 | E.164 text via phonenumbers (options below) |
 | datetime | ISO-8601 UTC with `Z`; in: epoch s or ms, ISO-8601, RFC 2822, common dates |
 
@@ -54,7 +54,11 @@ TRANSFORM_NAMES = (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EMAIL = re.compile(r"^[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$")
+# A domain label: any letter or digit (IDN too), "-" and "_", no other ASCII punctuation. A
+# local part: anything but the characters only a quoted local part may hold.
+_LABEL = r"[^\s!-,./:-@\[-^`{-~]"
+_EMAIL = re.compile(rf"^[^@\s\"(),:;<>\[\\\]]+@(?:{_LABEL}+\.)+{_LABEL}{{2,}}$")
+_NAME_ADDR = re.compile(r"^[^<>]*<([^<>]*)>$")  # "Jane Doe <jane@example.com>"
 # Invisible characters that come along with pasted text and are never part of an address:
 # zero-width space, word joiner, BOM, and the direction marks and embeddings of RTL interfaces.
 _INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
@@ -269,7 +273,10 @@ def to_email(value: Any) -> str | None:
         return None
     text = _INVISIBLE.sub("", value).strip().lower()
     if text.startswith("mailto:"):
-        text = text[len("mailto:") :]
+        text = text[len("mailto:") :].partition("?")[0].strip()  # ?subject=…: not the address
+    if bracketed := _NAME_ADDR.match(text):
+        text = bracketed.group(1).strip()
+    text = text.rstrip(".,;")  # a sentence's end; "example.com." is example.com
     return text if _EMAIL.match(text) else None
 
 
