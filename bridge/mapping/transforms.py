@@ -67,6 +67,9 @@ _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(?:\.\d{3}){2,}$")  # 1.234.567; one dot is a decimal point
 # Spaces of any kind (fr writes a narrow no-break space), "_" and de-CH's apostrophes.
 _DIGIT_GROUPING = re.compile(r"[\s_'\u2019]")
+# A word for `title`: letters and digits, with an English contraction's ending ("jane's",
+# "don't") as part of it; "o'brien" is two words, "1st" one.
+_TITLE_WORD = re.compile(r"[^\W_]+(?:['\u2019](?:s|t|d|m|ll|re|ve)(?![^\W_]))?", re.IGNORECASE)
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 # JavaScript's Date#toString ends "GMT+0200 (Central European Summer Time)"; parsedate reads
 # "GMT" and drops the offset after it, so the offset is made a plain "+0200".
@@ -173,6 +176,18 @@ def _text(method: Callable[[str], str]) -> Transform:
         return method(value) if isinstance(value, str) else value
 
     return apply
+
+
+def title(text: str) -> str:
+    """Each word capitalised, the rest lower-cased. Unlike str.title, not after an apostrophe
+    that starts a contraction's ending ("Jane's", not "Jane'S"), and a word that starts with a
+    digit is left as written ("1st", "3M"; not "1St")."""
+    return _TITLE_WORD.sub(_title_word, text)
+
+
+def _title_word(match: re.Match[str]) -> str:
+    word = match[0]
+    return word if word[0].isdigit() else word[0].title() + word[1:].lower()
 
 
 def empty_to_null(value: Any) -> Any:
@@ -401,7 +416,7 @@ _SIMPLE: dict[str, Transform] = {
     "trim": _text(str.strip),
     "lower": _text(str.lower),
     "upper": _text(str.upper),
-    "title": _text(str.title),
+    "title": _text(title),
     "empty_to_null": empty_to_null,
     "string": stringify,
     "number": to_number,
