@@ -6,7 +6,7 @@ value's `default` and `required` then apply), never an exception. None stays Non
 | name | does |
 |---|---|
 | trim, lower, upper, title | string case and whitespace; other values unchanged |
-| empty_to_null | "" (or only whitespace), [] and {} become null |
+| empty_to_null | "" (or only whitespace and invisible characters), [] and {} become null |
 | string | text; numbers without a needless ".0", booleans as true/false, lists/objects as JSON |
 | number | int or float, from text too ("5,000.50", "5.000,50", "$ 300"); integral values as int |
 | integer | like number, but only integral values (1.5 gives null) |
@@ -61,7 +61,9 @@ _EMAIL = re.compile(rf"^[^@\s\"(),:;<>\[\\\]]+@(?:{_LABEL}+\.)+{_LABEL}{{2,}}$")
 _NAME_ADDR = re.compile(r"^[^<>]*<([^<>]*)>$")  # "Jane Doe <jane@example.com>"
 # Invisible characters that come along with pasted text and are never part of an address:
 # zero-width space, word joiner, BOM, and the direction marks and embeddings of RTL interfaces.
-_INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+_INVISIBLE_CHARS = "\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+_BLANK_EDGES = re.compile(f"^[\\s{_INVISIBLE_CHARS}]+|[\\s{_INVISIBLE_CHARS}]+$")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(?:\.\d{3}){2,}$")  # 1.234.567; one dot is a decimal point
@@ -190,9 +192,14 @@ def _title_word(match: re.Match[str]) -> str:
     return word if word[0].isdigit() else word[0].title() + word[1:].lower()
 
 
+def trim(text: str) -> str:
+    """Without surrounding whitespace nor the invisible characters that come with pasted text."""
+    return _BLANK_EDGES.sub("", text)
+
+
 def empty_to_null(value: Any) -> Any:
     if isinstance(value, str):
-        return value if value.strip() else None
+        return value if trim(value) else None
     if isinstance(value, list | dict) and not value:
         return None
     return value
@@ -413,7 +420,7 @@ def epoch_ms_text(value: Any) -> str | None:
 
 
 _SIMPLE: dict[str, Transform] = {
-    "trim": _text(str.strip),
+    "trim": _text(trim),
     "lower": _text(str.lower),
     "upper": _text(str.upper),
     "title": _text(title),
