@@ -128,6 +128,12 @@ class Deliverer:
         started = time.perf_counter()
         try:
             return await self._deliver_within_time(record, done)
+        except asyncio.CancelledError:
+            # A drain cut the job. Its rerun finds no attempt on record: marked, it reads the
+            # bodies this run may have sent and pinned (`_send`), as a retry does.
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(deliveries.mark_cut(self.redis, record.id))
+            raise
         finally:
             self.metrics.jobs_in_flight.dec()
             log.debug(
@@ -407,7 +413,13 @@ class Deliverer:
         record's next event)."""
         if command.action == "patch":
             return None, None
-        body = await bodies.create_body(command, self.tables)
+        try:
+            body = await bodies.create_body(command, self.tables)
+        except DeliveryError:
+            # Left to the create itself, if there is one (an upsert of a linked record patches):
+            # it fails there, after the turn has registered the delivery, which must not hold up
+            # the other records of its link group until its retry.
+            return None, None
         pin = Pin(keys.sent(idem + "c"), self.sent.sealed(idem + "c", body), command.action == "create")
         return body, pin
 
@@ -456,7 +468,7 @@ class Deliverer:
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
         # A delivery that ran before may have sent this command already (see `_send`).
-        again = record.attempts > 0 or record.replayed_at is not None or earlier
+        again = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
         if entry_id is None:
             return "created", await self._create(command, idem, on_created, again, create)
         if await self._patch(command, entry_id, idem + "p", again):
@@ -541,9 +553,11 @@ class Deliverer:
                 body, unpinned = pinned, False
             else:
                 body = await build()
-                if again:
+                # A create its turn pinned, rebuilt after a 400 (which unpinned it): pinned
+                # before it goes, as the first one was.
+                if again or pinned is not None:
                     body = await self.sent.pin(idem, body)
-                unpinned = not again
+                unpinned = not (again or pinned is not None)
             try:
                 answer = await send(body)
             except UpstreamError as exc:

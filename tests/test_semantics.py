@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bridge.errors import MappingError, UpstreamError
 from bridge.sandbox import DEMO_TABLE_ID
 from bridge.sandbox.tables import CustomFieldSpec
 from tests.pipeline import SECRET, Pipeline, pipeline, sign
@@ -267,6 +268,112 @@ async def test_a_retry_after_a_lost_answer_resends_the_first_body_though_the_map
         assert entry["id"] == created["id"]
         assert entry["data"] == {"email": "i@example.com", "company": "Acme"}
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_patch_cut_by_a_drain_is_sent_again_with_its_first_body_though_the_mapping_changed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The patch is applied upstream, its answer not yet back, when a drain cancels the job (a
+    # deploy); the new mapping has one more field. The rerun has no attempt on record: it must
+    # still send the body first sent under the key (another gets 422, dead-lettered, and a
+    # replay would send it again).
+    async with pipeline(
+        redis_url, tmp_path / "m", mapping_files={"simple.yaml": SIMPLE}, environ={"CONTACT_SECRET": SECRET}
+    ) as pipe:
+        await _send(pipe, "simple", {"id": 41, "email": "a@example.com"})  # created and linked
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=1.5)
+        raw = orjson.dumps({"id": 41, "email": "b@example.com", "company": "Acme"})
+        delivery = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+
+        async def patched() -> bool:
+            entries = await pipe.entries()
+            return bool(entries) and entries[0]["data"].get("email") == "b@example.com"
+
+        await until(patched)  # applied upstream, its answer hanging
+        await pipe.set_faults()
+        (tmp_path / "m" / "simple.yaml").write_text(SIMPLE + "    company: company\n")
+        assert pipe.runtime.mappings.reload()
+        pipe.runtime._worker.tasks[delivery].cancel()  # what a drain does to a running job
+        assert await pipe.wait_status(delivery, "delivered", "dead") == "delivered"
+        assert (await _only_entry(pipe))["data"] == {"email": "b@example.com"}  # the first body
+
+
+async def test_an_upsert_of_a_linked_record_needs_no_create_body(crm: Pipeline) -> None:
+    # An update of a linked record is a patch: a create body it cannot build (a table without a
+    # default lead state, and no state in the event) must not stop it.
+    await _send(crm, "crm", {"id": 61, "email": "a@example.com", "stage": "lead"})
+    deliverer = crm.runtime.deliverer
+    assert deliverer is not None
+    resolve = deliverer.tables.resolve_state
+
+    async def no_default(table_id: str, name: str | None) -> str:
+        if name is None:
+            raise MappingError(f"table {table_id} has no default lead state")
+        return await resolve(table_id, name)
+
+    deliverer.tables.resolve_state = no_default  # type: ignore[method-assign]
+    delivery = await _send(crm, "crm", {"id": 61, "company": "Acme"}, "delivered", "dead")
+    assert await crm.delivery_status(delivery) == "delivered"
+    assert (await _only_entry(crm))["data"] == {"email": "a@example.com", "company": "Acme"}
+
+
+async def test_a_create_sent_again_after_a_400_is_pinned_before_it_goes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A keyed create is pinned before it is sent (a worker killed while it is in flight leaves
+    # its body for the rerun). Refused with 400 (unpinned), the table refreshed, the create
+    # built again goes out pinned too.
+    async with pipeline(
+        redis_url, tmp_path / "m", mapping_files={"simple.yaml": SIMPLE}, environ={"CONTACT_SECRET": SECRET}
+    ) as pipe:
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        create = deliverer.connect.create_entry
+        pinned_while_sent: list[list[bytes]] = []
+
+        async def refused_once(body: Any, key: str) -> dict[str, Any]:
+            pinned_while_sent.append(await pipe.redis.keys("lb:sent:*"))
+            if len(pinned_while_sent) == 1:
+                raise UpstreamError("unknown custom field", retryable=False, status=400)
+            return await create(body, key)
+
+        deliverer.connect.create_entry = refused_once  # type: ignore[method-assign]
+        await _send(pipe, "simple", {"id": 71, "email": "k@example.com"})
+        assert [len(pins) for pins in pinned_while_sent] == [1, 1]
+        assert await pipe.redis.keys("lb:sent:*") == []  # dropped once the command is done
+
+
+async def test_a_create_body_that_fails_to_build_holds_up_no_other_record(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The create body is built before the record's turn, where the delivery also registers
+    # (leaves its mapping's "unplanned" set). A retryable failure building it (the table's GET)
+    # must not leave it there, holding up every record of its link group until its retry.
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"simple.yaml": SIMPLE},
+        environ={"CONTACT_SECRET": SECRET},
+        BRIDGE_RETRY_BASE_S=20,
+        BRIDGE_RETRY_MAX_DELAY_S=20,
+    ) as pipe:
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        resolve = deliverer.tables.resolve_state
+        failed: list[str] = []
+
+        async def fails_twice(table_id: str, name: str | None) -> str:
+            if len(failed) < 2:  # the body built for the pin, then for the create itself
+                failed.append(table_id)
+                raise UpstreamError("GET table answered 503", retryable=True, status=503)
+            return await resolve(table_id, name)
+
+        deliverer.tables.resolve_state = fails_twice  # type: ignore[method-assign]
+        raw = orjson.dumps({"id": 81, "email": "a@example.com"})
+        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+        await pipe.wait_status(first, "retrying")  # its retry is 20 s away
+        assert await pipe.redis.zscore("lb:unplanned:simple", first) is None
+        await _send(pipe, "simple", {"id": 82, "email": "b@example.com"})  # another record: at once
 
 
 CREATE_FOLLOW_UP = (

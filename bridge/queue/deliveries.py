@@ -59,6 +59,8 @@ class DeliveryRecord(BaseModel):
     history: list[Attempt] = Field(default_factory=list)
     dead_at: float | None = None
     replayed_at: float | None = Field(default=None, description="unix seconds of the last replay")
+    # A run was cut short by a drain (`mark_cut`): it may have sent requests with no attempt on record.
+    cut: bool = Field(default=False, exclude=True)
     held_s: float = Field(
         default=0.0, description="seconds put back without an attempt (breaker open, waiting its turn)"
     )
@@ -150,6 +152,7 @@ def _record(
         history=[Attempt.model_validate(a) for a in orjson.loads(raw.get(b"history", b"[]"))],
         dead_at=float(dead_at) if dead_at else None,
         replayed_at=int(_text(raw, "replayed_at", "0")) / 1000 or None,
+        cut=b"cut" in raw,
         held_s=float(_text(raw, "held_s", "0")),
         encrypted_with=sealed_with,
         headers=headers,
@@ -283,6 +286,18 @@ HOLD_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBYFLOAT', KEYS[1], 'held_s', ARGV[1]) end
 return 1
 """
+
+
+CUT_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'cut', '1') end
+return 1
+"""
+
+
+async def mark_cut(redis: Redis, delivery_id: str) -> None:
+    """A run of the delivery was cut short (a drain) after it may have sent something: later
+    runs read what it pinned (`DeliveryRecord.cut`). Nothing for one that has expired."""
+    await redis.register_script(CUT_SCRIPT)(keys=[keys.delivery(delivery_id)])
 
 
 async def hold(redis: Redis, delivery_id: str, seconds: float) -> None:

@@ -374,7 +374,7 @@ class Ordering:
             pause = min(pause * 2, 0.1)
         last_order, entry_id, pinned = _text(found[1]), _text(found[2]), found[3] or None
         held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned)
-        del names, args, look_names, look_args, pinning, pin, found  # the pinned body: not kept
+        del names, args, look_names, look_args, pinning, pin, found  # this run's sealed body
         renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
             yield held
