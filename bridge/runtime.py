@@ -136,11 +136,15 @@ class Runtime:
                 )
 
     def start_background(self) -> None:
-        """Hot reload: SIGHUP and a poll of the mapping folder."""
+        """Hot reload: SIGHUP and a poll of the mapping folder; and the store's configuration
+        checked once it answers (`bridge.queue.durability`)."""
+        from bridge.queue.durability import log_store_risks
+
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.mappings.reload)
         self._tasks.append(loop.create_task(self.mappings.watch()))
+        self._tasks.append(loop.create_task(log_store_risks(self.redis, self.settings.redis_wait_replicas)))
 
     async def start_worker(self) -> None:
         from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
