@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,15 @@ async def crm(redis_url: str, tmp_path: Path) -> AsyncIterator[Pipeline]:
         yield running
 
 
+def _pipeline(
+    redis_url: str, tmp_path: Path, files: dict[str, str], **settings: Any
+) -> AbstractAsyncContextManager[Pipeline]:
+    """A pipeline with these mapping files (signed with the test secret)."""
+    return pipeline(
+        redis_url, tmp_path / "m", mapping_files=files, environ={"CONTACT_SECRET": SECRET}, **settings
+    )
+
+
 async def _send(pipe: Pipeline, name: str, payload: dict[str, Any], *final: str) -> str:
     raw = orjson.dumps(payload)
     response = await pipe.post(name, raw, sign(raw))
@@ -197,12 +207,7 @@ async def test_a_create_whose_follow_up_patch_fails_for_good_stays_linked(
     # The create answers, then the patch of what a create cannot set is refused (400: not a
     # date) and the delivery is dead-lettered. The entry exists all the same: the record's next
     # delivery must patch it, not create a second lead (two `added` automations).
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"raw.yaml": RAW_FOLLOW_UP},
-        environ={"CONTACT_SECRET": SECRET},
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"raw.yaml": RAW_FOLLOW_UP}) as pipe:
         first = await _send(
             pipe, "raw-follow-up", {"id": 21, "email": "f@example.com", "follow_up": "next tuesday"}, "dead"
         )
@@ -245,13 +250,7 @@ async def test_a_retry_after_a_lost_answer_resends_the_first_body_though_the_map
     # sent under its idempotency key (the upstream answers 422 to the same key with another
     # body, and the delivery would die unlinked: the record's next delivery would create a
     # second lead).
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"simple.yaml": SIMPLE},
-        environ={"CONTACT_SECRET": SECRET},
-        **limits,
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}, **limits) as pipe:
         await pipe.set_faults(lost_response_rate=1.0, timeout_s=hang_s)
         raw = orjson.dumps({"id": 31, "email": "h@example.com", "company": "Acme"})
         first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
@@ -277,9 +276,7 @@ async def test_a_patch_cut_by_a_drain_is_sent_again_with_its_first_body_though_t
     # deploy); the new mapping has one more field. The rerun has no attempt on record: it must
     # still send the body first sent under the key (another gets 422, dead-lettered, and a
     # replay would send it again).
-    async with pipeline(
-        redis_url, tmp_path / "m", mapping_files={"simple.yaml": SIMPLE}, environ={"CONTACT_SECRET": SECRET}
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}) as pipe:
         await _send(pipe, "simple", {"id": 41, "email": "a@example.com"})  # created and linked
         await pipe.set_faults(lost_response_rate=1.0, timeout_s=1.5)
         raw = orjson.dumps({"id": 41, "email": "b@example.com", "company": "Acme"})
@@ -323,9 +320,7 @@ async def test_a_create_sent_again_after_a_400_is_pinned_before_it_goes(
     # A keyed create is pinned before it is sent (a worker killed while it is in flight leaves
     # its body for the rerun). Refused with 400 (unpinned), the table refreshed, the create
     # built again goes out pinned too.
-    async with pipeline(
-        redis_url, tmp_path / "m", mapping_files={"simple.yaml": SIMPLE}, environ={"CONTACT_SECRET": SECRET}
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}) as pipe:
         deliverer = pipe.runtime.deliverer
         assert deliverer is not None
         create = deliverer.connect.create_entry
@@ -349,13 +344,8 @@ async def test_a_create_body_that_fails_to_build_holds_up_no_other_record(
     # The create body is built before the record's turn, where the delivery also registers
     # (leaves its mapping's "unplanned" set). A retryable failure building it (the table's GET)
     # must not leave it there, holding up every record of its link group until its retry.
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"simple.yaml": SIMPLE},
-        environ={"CONTACT_SECRET": SECRET},
-        BRIDGE_RETRY_BASE_S=20,
-        BRIDGE_RETRY_MAX_DELAY_S=20,
+    async with _pipeline(
+        redis_url, tmp_path, {"simple.yaml": SIMPLE}, BRIDGE_RETRY_BASE_S=20, BRIDGE_RETRY_MAX_DELAY_S=20
     ) as pipe:
         deliverer = pipe.runtime.deliverer
         assert deliverer is not None
@@ -397,12 +387,7 @@ async def test_a_retry_after_the_follow_up_patch_lost_its_answer_sends_the_first
     # mapping is reloaded with one more field before the retry. The retry runs the command
     # again: its create must go with the body first sent (the upstream replays it), not with
     # the new mapping's (422: dead-lettered, unlinked).
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"follow.yaml": CREATE_FOLLOW_UP},
-        environ={"CONTACT_SECRET": SECRET},
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"follow.yaml": CREATE_FOLLOW_UP}) as pipe:
         # seeded: the first write (the create) goes through, the second (its patch) is lost
         await pipe.set_faults(lost_response_rate=0.5, seed=10, timeout_s=0.5)
         raw = orjson.dumps({"id": 41, "email": "j@example.com", "company": "Acme", "follow_up": 1767225600})
@@ -438,13 +423,7 @@ async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
 
 
 async def test_patch_without_a_create_dead_letters_with_the_reason(redis_url: str, tmp_path: Path) -> None:
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"crm-patch.yaml": PATCH_ONLY},
-        environ={"CONTACT_SECRET": SECRET},
-        BRIDGE_LINK_WAIT_S=0.3,
-    ) as pipe:
+    async with _pipeline(redis_url, tmp_path, {"crm-patch.yaml": PATCH_ONLY}, BRIDGE_LINK_WAIT_S=0.3) as pipe:
         delivery_id = await _send(pipe, "crm-patch", {"id": 12, "note": "x"}, "dead")
         reason = (await pipe.redis.hget(f"lb:d:{delivery_id}", "reason")).decode()
         assert "no entry is linked" in reason
@@ -466,12 +445,8 @@ async def test_each_fans_out_one_command_per_element(crm: Pipeline) -> None:
 
 
 async def test_fan_out_over_the_bound_dead_letters(redis_url: str, tmp_path: Path) -> None:
-    async with pipeline(
-        redis_url,
-        tmp_path / "m",
-        mapping_files={"batch.yaml": FANOUT},
-        environ={"CONTACT_SECRET": SECRET},
-        BRIDGE_MAX_COMMANDS_PER_DELIVERY=3,
+    async with _pipeline(
+        redis_url, tmp_path, {"batch.yaml": FANOUT}, BRIDGE_MAX_COMMANDS_PER_DELIVERY=3
     ) as pipe:
         contacts = [{"id": i, "email": f"g{i}@example.com"} for i in range(4)]
         await _send(pipe, "batch", {"contacts": contacts}, "dead")
