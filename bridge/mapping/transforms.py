@@ -36,6 +36,8 @@ import orjson
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.providers.bodies import JSON_INTEGERS
+
 Transform = Callable[[Any], Any]
 
 TRANSFORM_NAMES = (
@@ -83,8 +85,6 @@ _GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$
 _UTC_NAME = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 _NAME_AFTER_OFFSET = re.compile(r"(\s*[+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$")
 _CURRENCY = " \t$€£¥₹"
-# The integers orjson, which writes the request body, can write: signed and unsigned 64-bit.
-_INT_RANGE = range(-(2**63), 2**64)
 _TRUE = frozenset({"true", "yes", "y", "1", "on", "checked"})
 _FALSE = frozenset({"false", "no", "n", "0", "off", "unchecked"})
 _DATE_FORMATS = (
@@ -237,7 +237,7 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value if value in _INT_RANGE else _float_of(value)
+        return value if value in JSON_INTEGERS else _float_of(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return None

@@ -59,8 +59,8 @@ def parse_json(body: bytes) -> Any:
 
 # A \uXXXX escape of a UTF-16 surrogate (D800-DFFF).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# The integers orjson reads (and can write again): signed and unsigned 64-bit.
-_INT_RANGE = range(-(2**63), 2**64)
+# The integers orjson reads and writes (request bodies too): signed and unsigned 64-bit.
+JSON_INTEGERS = range(-(2**63), 2**64)
 
 
 def _parse_with_lone_surrogates(body: bytes) -> Any:
@@ -87,7 +87,7 @@ def _refuse_constant(name: str) -> Any:
 
 def _bounded_int(text: str) -> int:
     value = int(text)
-    if value not in _INT_RANGE:
+    if value not in JSON_INTEGERS:
         raise ValueError("integer out of range")
     return value
 

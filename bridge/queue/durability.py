@@ -54,8 +54,6 @@ async def store_risks(redis: Redis, wait_replicas: int) -> list[str] | None:
     try:
         # config_get(*SETTINGS), whose stub types its extra patterns as lists
         raw = await cast(Any, redis).config_get(*SETTINGS)
-    except (store_errors.ConnectionError, store_errors.TimeoutError):
-        raise
     except store_errors.ResponseError:  # CONFIG disabled or not permitted
         return None
     config = {_text(k): _text(v) for k, v in raw.items()}
