@@ -53,10 +53,18 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 # [install] a venv without pip, filled from the builder's wheelhouse only (--no-index); the
 # wheelhouse is bind-mounted for this step, so it never becomes a layer of the image.
 # pip compiles the bytecode here, so a read-only root file system costs nothing at run time.
+# It also writes the -OO bytecode that `leadbridge worker` runs with (no docstrings in memory,
+# bridge/launch.py); without it the worker would run as started.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv --without-pip /opt/venv \
     && python -m pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
-       --find-links=/wheels /wheels/leadbridge-*.whl
+       --find-links=/wheels /wheels/leadbridge-*.whl \
+    && /opt/venv/bin/python -m compileall -q -j 0 -o 2 /opt/venv/lib
+
+# The base image ships the standard library without bytecode: compile it (plain and -OO) here,
+# or every start compiles what it imports, and the worker's -OO check finds none.
+RUN python -m compileall -q -j 0 -o 0 -o 2 -x '/(test|tests|idle_test)/|/site-packages/' \
+    "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 
 # A fixed, unprivileged uid/gid (Kubernetes runAsUser: 10001) that owns nothing in the image:
 # the process can write to /tmp (BRIDGE_DATA_DIR, mount a tmpfs or emptyDir there) and nowhere else.

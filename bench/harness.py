@@ -31,7 +31,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from bench.meters import CpuMeter, RssSampler
+from bench.meters import CpuMeter, RssSampler, command_line
 from bench.procs import Processes, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,6 +417,7 @@ class Harness:
             "rss_mib": sampler.peak,
             "uss_mib": sampler.peak_uss,
             "cpu_pct": cpu.result,
+            "command": command_line(pids[name]),
         }
 
 

@@ -30,6 +30,15 @@ def rss_mib(pid: int) -> float | None:
         return None
 
 
+def command_line(pid: int) -> list[str]:
+    """What the process runs now: `leadbridge worker` has replaced itself with `python -OO`
+    where it could (bridge/launch.py)."""
+    try:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return []
+
+
 def uss_mib(pid: int) -> float | None:
     """Memory only this process holds (no shared library pages): lower than RSS."""
     try:

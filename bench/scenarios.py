@@ -661,6 +661,13 @@ class Scenarios:
 
     # -- memory ---------------------------------------------------------------------------------
 
+    def _ran_as(self, kind: str) -> str:
+        """How the worker ran: `python -OO -P -m bridge worker` once it replaced itself."""
+        runs = {"worker": "leadbridge_0ms", "worker_100ms": "leadbridge_100ms"}
+        run = self.results.details.get("delivery", {}).get(runs.get(kind, ""), {})
+        command = run.get("command")
+        return f"; ran as `{' '.join(['python', *command[1:]])}`" if command else ""
+
     def memory(self) -> None:
         rows = self.results.rows
         rss = self.results.rss
@@ -682,7 +689,7 @@ class Scenarios:
                     target=f"<= {RSS_MIB:.0f} MiB",
                     result=_verdict(value is not None and value <= RSS_MIB),
                     note=f"USS (memory not shared with other processes) {self.results.uss.get(kind)} MiB, "
-                    f"baseline {self.results.uss.get(base)} MiB",
+                    f"baseline {self.results.uss.get(base)} MiB" + self._ran_as(kind),
                 )
             )
         if "delivery" not in self.results.details:

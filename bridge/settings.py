@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=60, ge=1, alias="BRIDGE_RETRY_MAX_ATTEMPTS")
     link_wait_s: float = Field(default=300.0, ge=0, alias="BRIDGE_LINK_WAIT_S")
     worker_concurrency: int = Field(default=100, ge=1, le=10_000, alias="BRIDGE_WORKER_CONCURRENCY")
+    # Read by bridge/launch.py before anything else loads; declared here so a wrong value is an error.
+    worker_optimize: Literal["0", "1"] = Field(default="1", alias="BRIDGE_WORKER_OPTIMIZE")
     upstream_timeout_s: float = Field(default=10.0, gt=0, alias="BRIDGE_UPSTREAM_TIMEOUT_S")
     upstream_max_connections: int = Field(default=100, ge=1, alias="BRIDGE_UPSTREAM_MAX_CONNECTIONS")
     upstream_http: Literal["aiohttp", "httpx"] = Field(default="aiohttp", alias="BRIDGE_UPSTREAM_HTTP")

@@ -186,3 +186,26 @@ def test_the_installed_wheel_serves_like_the_image(serving: Serving, tmp_path: P
     except subprocess.TimeoutExpired:
         pytest.fail(f"leadbridge serve ignored SIGTERM for {STOP_DEADLINE_S}s:\n{output_of(tmp_path)}")
     assert returncode in (0, -signal.SIGTERM), output_of(tmp_path)
+
+
+def test_the_installed_wheels_worker_runs_without_docstrings(
+    installed_venv: Path, tmp_path: Path, redis_url: str
+) -> None:
+    """The install step compiles the -OO bytecode, so `leadbridge worker` replaces itself (same
+    pid) with `python -OO` (bridge/launch.py) and answers its probe."""
+    env = container_env(installed_venv, tmp_path, redis_url)
+    entrypoint = str(installed_venv / "bin" / "leadbridge")
+    with (tmp_path / "serve.log").open("wb") as logs:
+        proc = subprocess.Popen(
+            [entrypoint, "worker"], cwd=tmp_path, env=env, stdout=logs, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{env['BRIDGE_WORKER_PROBE_PORT']}/healthz", proc, tmp_path)
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:6] == [b"-OO", b"-P", b"-m", b"bridge", b"worker"], argv
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_DEADLINE_S) in (0, -signal.SIGTERM), output_of(tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=STOP_DEADLINE_S)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from bridge import launch
 from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
 from tests.pipeline import CONTACT_MAPPING, SECRET, sign
 from tests.servers import serve, until
@@ -80,6 +81,10 @@ async def test_two_webs_and_two_workers_share_the_work(redis_url: str, tmp_path:
                 return all(p.poll() is None for p in processes)
 
             await until(all_up, timeout_s=60, interval_s=0.1)
+            if launch.optimized_argv(["worker"], {}) is not None:
+                # Each worker has replaced itself (same pid) with `python -OO` (bridge/launch.py).
+                for process in processes[2:]:
+                    assert b"-OO" in Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[1:3]
             count = 120
             answers = []
             for i in range(count):
