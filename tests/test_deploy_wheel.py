@@ -5,7 +5,8 @@ read from the Dockerfile: copy what the builder copies into a fresh context, run
 create a clean venv and run the runtime stage's install into it (wheelhouse only, --no-index),
 then start ENTRYPOINT + CMD (`leadbridge serve`) with the runtime stage's ENV, a real Valkey and
 a one-mapping folder, and check it answers /healthz, /readyz and /metrics, passes the image's
-HEALTHCHECK, and stops cleanly on SIGTERM. pip's own cache is reused, so this takes seconds.
+HEALTHCHECK, and stops cleanly on SIGTERM; and that `leadbridge worker` from it runs under -OO
+(bridge/launch.py). pip's own cache is reused, so this takes seconds.
 """
 
 from __future__ import annotations
