@@ -32,7 +32,7 @@ def optimized_argv(argv: Sequence[str], environ: dict[str, str] | os._Environ[st
     """The command line to exec instead of this one, or None to go on as started."""
     if not argv or argv[0] not in OPTIMIZED_COMMANDS:
         return None
-    if sys.flags.optimize >= 2 or environ.get("BRIDGE_WORKER_OPTIMIZE", "1") == "0":
+    if not sys.executable or sys.flags.optimize >= 2 or environ.get("BRIDGE_WORKER_OPTIMIZE", "1") == "0":
         return None
     if not _importable_without_cwd() or not _optimized_bytecode_exists():
         return None

@@ -52,6 +52,14 @@ def test_BRIDGE_WORKER_OPTIMIZE_0_keeps_the_worker_as_started(sentinel: Path) ->
     assert launch.optimized_argv(["worker"], {"BRIDGE_WORKER_OPTIMIZE": "1"}) is not None
 
 
+def test_an_interpreter_that_does_not_know_its_path_keeps_the_worker_as_started(
+    sentinel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compile_optimized(sentinel)
+    monkeypatch.setattr(sys, "executable", "")  # embedded interpreters may leave it empty
+    assert launch.optimized_argv(["worker"], {}) is None
+
+
 def test_a_missing_sentinel_module_keeps_the_worker_as_started(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch, "SENTINELS", ("no_such_module_lb",))
     assert launch.optimized_argv(["worker"], {}) is None
