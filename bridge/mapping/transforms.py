@@ -85,6 +85,9 @@ _GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$
 _UTC_NAME = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 _NAME_AFTER_OFFSET = re.compile(r"(\s*[+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$")
 _CURRENCY = " \t$€£¥₹"
+# An ISO 4217 code before or after the amount ("USD 1,234.50", "1.234,50 EUR", "CHF1'200"), as
+# payment fields and CRMs' currency properties write it.
+_CURRENCY_CODE = re.compile(r"^[A-Z]{3}(?=[\s\d$€£¥₹.,+-])|(?<=[\s\d.,])[A-Z]{3}$")
 _TRUE = frozenset({"true", "yes", "y", "1", "on", "checked"})
 _FALSE = frozenset({"false", "no", "n", "0", "off", "unchecked"})
 _DATE_FORMATS = (
@@ -244,7 +247,10 @@ def to_number(value: Any) -> int | float | None:
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if not isinstance(value, str):
         return None
-    text = _DIGIT_GROUPING.sub("", value.strip().strip(_CURRENCY))
+    text = value.strip()
+    if text[-1:].isalpha() or text[:1].isalpha():
+        text = _CURRENCY_CODE.sub("", text, count=1)
+    text = _DIGIT_GROUPING.sub("", text.strip(_CURRENCY))
     if "," in text:
         if "." in text:
             # the later separator is the decimal one: 5,000.50 or 5.000,50
