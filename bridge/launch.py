@@ -19,7 +19,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 OPTIMIZED_COMMANDS = frozenset({"worker"})
@@ -28,7 +28,7 @@ OPTIMIZED_COMMANDS = frozenset({"worker"})
 SENTINELS = ("asyncio", "pydantic", "aiohttp", "redis", "bridge.worker")
 
 
-def optimized_argv(argv: Sequence[str], environ: dict[str, str] | os._Environ[str]) -> list[str] | None:
+def optimized_argv(argv: Sequence[str], environ: Mapping[str, str]) -> list[str] | None:
     """The command line to exec instead of this one, or None to go on as started."""
     if not argv or argv[0] not in OPTIMIZED_COMMANDS:
         return None

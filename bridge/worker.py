@@ -548,16 +548,16 @@ class Deliverer:
         build) before sending. `pinned`: a body pinned under `idem` already (a keyed create's,
         by its turn: `_create_pin`), sent as it is and not pinned again (after a 400's table
         refresh, which unpins it, the body is built anew)."""
+        # Pinned before it goes: a later run's body, and a create its turn pinned (also when it
+        # is rebuilt after a 400, which unpinned it). Otherwise pinned after, if need be.
+        unpinned = not (again or pinned is not None)
         for refreshed in (False, True):
             if pinned is not None and not refreshed:
-                body, unpinned = pinned, False
+                body = pinned
             else:
                 body = await build()
-                # A create its turn pinned, rebuilt after a 400 (which unpinned it): pinned
-                # before it goes, as the first one was.
-                if again or pinned is not None:
+                if not unpinned:
                     body = await self.sent.pin(idem, body)
-                unpinned = not (again or pinned is not None)
             try:
                 answer = await send(body)
             except UpstreamError as exc:

@@ -84,10 +84,13 @@ _GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$
 # an offset ("… +0200 CEST", Go's time.Time) it adds nothing. Other names alone stay unread.
 _UTC_NAME = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 _NAME_AFTER_OFFSET = re.compile(r"(\s*[+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$")
-_CURRENCY = " \t$€£¥₹"
+_CURRENCY_SIGNS = "$€£¥₹"
+_CURRENCY = " \t" + _CURRENCY_SIGNS
 # An ISO 4217 code before or after the amount ("USD 1,234.50", "1.234,50 EUR", "CHF1'200"), as
 # payment fields and CRMs' currency properties write it.
-_CURRENCY_CODE = re.compile(r"^[A-Z]{3}(?=[\s\d$€£¥₹.,+-])|(?<=[\s\d.,])[A-Z]{3}$")
+_CURRENCY_CODE = re.compile(
+    rf"^[A-Z]{{3}}(?=[\s\d{re.escape(_CURRENCY_SIGNS)}.,+-])|(?<=[\s\d.,])[A-Z]{{3}}$"
+)
 _TRUE = frozenset({"true", "yes", "y", "1", "on", "checked"})
 _FALSE = frozenset({"false", "no", "n", "0", "off", "unchecked"})
 _DATE_FORMATS = (
