@@ -27,7 +27,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -366,22 +366,26 @@ class Deliverer:
             self._count(record, command, outcome)
             return False
         step = Step(record.id, record.seq, command.link, command.key, command.index)
-        create, pin = await self._create_pin(command, idem)
-        upsert = pin is not None and not pin.always
-        turn_of = self.ordering.turn(step, self._link_group(record, command.link), registration, pin)
-        del pin  # its sealed body: the turn's first round trip sends it, nothing keeps it after
+        built, pins = await self._turn_pins(command, idem)
+        turn_of = self.ordering.turn(step, self._link_group(record, command.link), registration, pins)
+        del pins  # their sealed bodies: the turn's first round trip sends them, nothing keeps them
         async with turn_of as turn:
             if turn.done:
                 # An earlier run of this same job applied it (a crash, or a lease that ran out).
                 if last_for_key:
                     await self.ordering.release(record.id, command.link, command.key)
                 return False
-            if turn.pinned is not None and create is not None:
-                # An earlier run pinned its create, and may have sent it (killed, or its lease
-                # ran out, before any attempt was recorded): send that body, as a retry would.
-                create = await self.sent.opened(idem + "c", turn.pinned, create)
-            elif upsert and turn.entry_id is not None:
-                create = None  # an upsert of a linked record: a patch, nothing was pinned
+            linked = turn.entry_id is not None
+            pinned: dict[str, dict[str, Any]] = {}  # by step: the bodies pinned before they go
+            for (name, (body, when)), earlier_body in zip(built.items(), turn.pinned, strict=True):
+                if not Pin.applies(when, linked):
+                    continue
+                if earlier_body is not None:
+                    # An earlier run pinned it, and may have sent it (killed, or its lease ran
+                    # out, before any attempt was recorded): send that body, as a retry would.
+                    body = await self.sent.opened(idem + name, earlier_body, body)
+                pinned[name] = body
+            del built
             outcome, entry_id = await self._apply(
                 record,
                 command,
@@ -389,8 +393,8 @@ class Deliverer:
                 turn.last_order,
                 turn.entry_id,
                 on_created=functools.partial(self.ordering.link, turn),
-                create=create,
-                earlier=turn.pinned is not None,
+                pinned=pinned,
+                earlier=any(found is not None for found in turn.pinned),
             )
             await self.ordering.end(
                 turn,
@@ -404,24 +408,35 @@ class Deliverer:
         self._count(record, command, outcome)
         return finish
 
-    async def _create_pin(self, command: LeadCommand, idem: str) -> tuple[dict[str, Any] | None, Pin | None]:
-        """For a keyed command that may create: its create body, built now, and the `Pin` its
-        turn sets before the body is sent (no round trip of its own). So a worker killed while
-        the create was in flight leaves the body it sent behind, and the rerun sends that body
-        under the key even if its mapping or tables changed meanwhile (the upstream refuses the
-        key with another body: 422, dead-lettered, the entry never linked, a second lead at the
-        record's next event)."""
-        if command.action == "patch":
-            return None, None
-        try:
-            body = await bodies.create_body(command, self.tables)
-        except DeliveryError:
-            # Left to the create itself, if there is one (an upsert of a linked record patches):
-            # it fails there, after the turn has registered the delivery, which must not hold up
-            # the other records of its link group until its retry.
-            return None, None
-        pin = Pin(keys.sent(idem + "c"), self.sent.sealed(idem + "c", body), command.action == "create")
-        return body, pin
+    async def _turn_pins(
+        self, command: LeadCommand, idem: str
+    ) -> tuple[dict[str, tuple[dict[str, Any], str]], list[Pin]]:
+        """For a keyed command: the bodies it may send, built now, by step ("c" its create, "c2"
+        the patch right after it, "p" its patch) with when each is the one it sends (`Pin.when`),
+        and the `Pin` of each, which its turn sets before anything is sent (no round trip of its
+        own). So a worker killed while a request was in flight leaves the body it sent behind,
+        and the rerun sends that body under the key even if its mapping or tables changed
+        meanwhile (the upstream refuses a key with another body: 422, dead-lettered; for a
+        create, the entry never linked and a second lead at the record's next event; for a
+        patch, an update that a replay could not apply either). A body that cannot be built now
+        is left to the request itself, which fails there, after the turn has registered the
+        delivery: that must not hold up the other records of its link group until its retry."""
+        built: dict[str, tuple[dict[str, Any], str]] = {}
+        if command.action != "patch":
+            when = Pin.ALWAYS if command.action == "create" else Pin.UNLINKED
+            with contextlib.suppress(DeliveryError):
+                built["c"] = (await bodies.create_body(command, self.tables), when)
+                later = bodies.after_create(command)
+                if later:
+                    built["c2"] = (later, when)
+        if command.action != "create" and not command.is_empty_patch():
+            with contextlib.suppress(DeliveryError):
+                built["p"] = (await bodies.patch_body(command, self.tables), Pin.LINKED)
+        pins = [
+            Pin(keys.sent(idem + name), self.sent.sealed(idem + name, body), when)
+            for name, (body, when) in built.items()
+        ]
+        return built, pins
 
     async def _record_done(
         self, record: DeliveryRecord, command: LeadCommand, result: str, unpin: list[str]
@@ -454,14 +469,15 @@ class Deliverer:
         linked: str | None,
         *,
         on_created: Callable[[str], Awaitable[None]] | None = None,
-        create: dict[str, Any] | None = None,
+        pinned: Mapping[str, dict[str, Any]] | None = None,
         earlier: bool = False,
     ) -> tuple[str, str | None]:
         """Create or patch under the command's idempotency key `idem`; `last_order` and `linked`
         (the record's entry id) are what the turn read for a keyed command, both None for an
         unkeyed one (always a create). `on_created` gets a new entry's id as soon as the create
-        answers (see `_create`). `create`: the create body the turn pinned (`_create_pin`);
-        `earlier`: an earlier run had pinned it (so may have sent this command)."""
+        answers (see `_create`). `pinned`: the bodies the turn pinned, by step (`_turn_pins`);
+        `earlier`: an earlier run had pinned one (so may have sent this command)."""
+        pinned = pinned or {}
         if command.order is not None and last_order is not None and _older(command.order, last_order):
             return "stale", None
         entry_id = linked if command.action != "create" else None
@@ -470,8 +486,8 @@ class Deliverer:
         # A delivery that ran before may have sent this command already (see `_send`).
         again = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
         if entry_id is None:
-            return "created", await self._create(command, idem, on_created, again, create)
-        if await self._patch(command, entry_id, idem + "p", again):
+            return "created", await self._create(command, idem, on_created, again, pinned)
+        if await self._patch(command, entry_id, idem + "p", again, pinned.get("p")):
             return "patched", entry_id
         return "skipped", entry_id
 
@@ -481,13 +497,13 @@ class Deliverer:
         idem: str,
         on_created: Callable[[str], Awaitable[None]] | None,
         again: bool,
-        pinned: dict[str, Any] | None = None,
+        pinned: Mapping[str, dict[str, Any]],
     ) -> str:
         """Create the entry, then patch what a create cannot set. The entry exists from the
         create's answer on: `on_created` (a keyed command's link) is told before the patch, so a
         patch that fails for good (dead-lettered) leaves the record linked to its entry, and the
         record's next delivery patches that entry instead of creating a second one. `pinned`:
-        the body already pinned under the create's key (see `_send`)."""
+        the bodies already pinned under the create's keys, by step (see `_send`)."""
         later = bodies.after_create(command)
         entry = await self._send(
             idem + "c",
@@ -496,7 +512,7 @@ class Deliverer:
             again=again,
             keep=bool(later),  # the command goes on: a retry may have to send this create again
             table_id=command.table,
-            pinned=pinned,
+            pinned=pinned.get("c"),
         )
         entry_id = entry.get("id")
         if entry_id is None:
@@ -509,10 +525,13 @@ class Deliverer:
                 lambda: _ready(later),
                 lambda body: self.connect.patch_entry(str(entry_id), body, idem + "c2"),
                 again=again,
+                pinned=pinned.get("c2"),
             )
         return str(entry_id)
 
-    async def _patch(self, command: LeadCommand, entry_id: str, idem: str, again: bool) -> bool:
+    async def _patch(
+        self, command: LeadCommand, entry_id: str, idem: str, again: bool, pinned: dict[str, Any] | None
+    ) -> bool:
         if command.is_empty_patch():
             return False
         await self._send(
@@ -521,6 +540,7 @@ class Deliverer:
             lambda body: self.connect.patch_entry(entry_id, body, idem),
             again=again,
             table_id=command.table,
+            pinned=pinned,
         )
         return True
 
@@ -545,11 +565,11 @@ class Deliverer:
         answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx, or a request
         cut by the job's time limit or a drain), or success of a step that the rest of its
         command (`keep`) may make a retry repeat. Later runs read the pin (or pin what they
-        build) before sending. `pinned`: a body pinned under `idem` already (a keyed create's,
-        by its turn: `_create_pin`), sent as it is and not pinned again (after a 400's table
+        build) before sending. `pinned`: a body pinned under `idem` already (a keyed command's,
+        by its turn: `_turn_pins`), sent as it is and not pinned again (after a 400's table
         refresh, which unpins it, the body is built anew)."""
-        # Pinned before it goes: a later run's body, and a create its turn pinned (also when it
-        # is rebuilt after a 400, which unpinned it). Otherwise pinned after, if need be.
+        # Pinned before it goes: a later run's body, and one its turn pinned (also when it is
+        # rebuilt after a 400, which unpinned it). Otherwise pinned after, if need be.
         unpinned = not (again or pinned is not None)
         for refreshed in (False, True):
             if pinned is not None and not refreshed:

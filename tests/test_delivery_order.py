@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.queue import arq_adapter, keys
 from bridge.queue.ingest import Accepter, Incoming
-from bridge.queue.ordering import Ordering, OrderWait, Registration, Step, pending_key, unplanned_key
+from bridge.queue.ordering import Ordering, OrderWait, Pin, Registration, Step, pending_key, unplanned_key
 from bridge.runtime import Runtime
 from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID
 from tests import pipeline as pipelines
@@ -193,6 +193,30 @@ async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client:
     # The next command for the record reads what the first one left.
     async with ordering.turn(Step("e", 2, "l", "k", 0), {"m"}) as later:
         assert (later.entry_id, later.last_order) == ("entry-1", "7")
+
+
+async def test_a_turn_sets_the_pins_that_apply_and_returns_those_an_earlier_run_set(
+    redis_client: Redis,
+) -> None:
+    ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
+    await _queued(redis_client, "g")
+    await ordering.register("g", "m", 1, [("l", "k")])
+    step = Step("g", 1, "l", "k", 0)
+
+    def pins(run: str) -> list[Pin]:
+        whens = (Pin.ALWAYS, Pin.UNLINKED, Pin.LINKED)
+        return [Pin(name, f"{run}-{when}".encode(), when) for name, when in zip(PINS, whens, strict=True)]
+
+    async with ordering.turn(step, {"m"}, pins=pins("first")) as held:  # no entry linked yet
+        assert held.pinned == [None, None, None]
+    assert [await redis_client.get(name) for name in PINS] == [b"first-a", b"first-u", None]
+    async with ordering.turn(step, {"m"}, pins=pins("rerun")) as held:  # a rerun: the first run's
+        assert held.pinned == [b"first-a", b"first-u", None]
+    await redis_client.set(step.linked, "entry-1")
+    async with ordering.turn(step, {"m"}, pins=pins("linked")) as held:  # now a patch
+        assert held.pinned == [b"first-a", None, None]
+    assert [await redis_client.get(name) for name in PINS] == [b"first-a", b"first-u", b"linked-l"]
+    assert 50 <= await redis_client.ttl(PINS[2]) <= 60  # kept for the retention
 
 
 # -- whole pipelines ------------------------------------------------------------------------------

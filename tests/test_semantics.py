@@ -409,6 +409,44 @@ async def test_a_retry_after_the_follow_up_patch_lost_its_answer_sends_the_first
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
 
 
+async def test_every_request_of_a_keyed_command_is_pinned_before_it_goes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A worker killed while a request is in flight leaves its body pinned for the rerun: a create,
+    # the patch that follows it, a patch of a linked record. Nothing stays pinned once it is done.
+    files = {"follow.yaml": CREATE_FOLLOW_UP, "crm.yaml": CRM}
+    async with _pipeline(redis_url, tmp_path, files) as pipe:
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        create, patch = deliverer.connect.create_entry, deliverer.connect.patch_entry
+        pinned_while_sent: list[tuple[str, list[str]]] = []
+
+        async def pins(key: str) -> None:
+            found = sorted(k.decode().rsplit("-", 1)[1] for k in await pipe.redis.keys("lb:sent:*"))
+            pinned_while_sent.append((key.rsplit("-", 1)[1], found))
+
+        async def create_seen(body: Any, key: str) -> dict[str, Any]:
+            await pins(key)
+            return await create(body, key)
+
+        async def patch_seen(entry_id: str, body: Any, key: str) -> dict[str, Any]:
+            await pins(key)
+            return await patch(entry_id, body, key)
+
+        deliverer.connect.create_entry = create_seen  # type: ignore[method-assign]
+        deliverer.connect.patch_entry = patch_seen  # type: ignore[method-assign]
+        await _send(pipe, "create-follow-up", {"id": 51, "email": "f@example.com", "follow_up": 1767225600})
+        await _send(pipe, "crm", {"id": 52, "email": "a@example.com", "stage": "lead"})
+        await _send(pipe, "crm", {"id": 52, "company": "Acme"})
+        assert pinned_while_sent == [
+            ("c", ["c", "c2"]),  # the create, and its follow-up patch, pinned by the turn
+            ("c2", ["c", "c2"]),
+            ("c", ["c"]),  # an upsert of a record with no entry: its create
+            ("p", ["p"]),  # of a linked one: its patch
+        ]
+        assert await pipe.redis.keys("lb:sent:*") == []
+
+
 async def test_patch_waits_for_the_linked_create(crm: Pipeline) -> None:
     raw = orjson.dumps({"id": 11, "note": "called back"})
     early = (await crm.post("crm-patch", raw, sign(raw))).json()["delivery_id"]

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +74,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         yield Setup(app.state.sandbox, sandbox_url, http, tmp_path)
 
 
-async def send(http: httpx.AsyncClient, base: str, email: str) -> httpx.Response:
-    raw = orjson.dumps({"data": {"email": email, "first_name": "K"}})
+async def send(http: httpx.AsyncClient, base: str, email: str, first_name: str = "K") -> httpx.Response:
+    raw = orjson.dumps({"data": {"email": email, "first_name": first_name}})
     return await http.post(f"{base}/hooks/contact", content=raw, headers=sign(raw))
 
 
@@ -223,6 +223,40 @@ async def test_kill_9_of_everything_loses_no_accepted_webhook(setup: Setup) -> N
     assert len(added) == len(counts)
 
 
+async def kill_9_once_applied(
+    setup: Setup, port: int, applied: Callable[[], bool], *events: tuple[str, str]
+) -> Service:
+    """Start `run` on `port` and send `events` ((e-mail, first name)): each but the last
+    delivered before the next is sent, the last with the upstream's answers held back. Once it
+    is `applied` upstream, kill -9 leadbridge and its Valkey at once, before any attempt is
+    recorded. Returns the next service, not started, its mapping changed: one more field."""
+    base = f"http://127.0.0.1:{port}"
+    service = setup.service("first", BRIDGE_PORT=port).start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", service)
+        *before, last = events
+        for email, first_name in before:
+            assert (await send(setup.http, base, email, first_name)).status_code == 202
+
+            async def drained() -> bool:
+                return sample(await metrics(setup.http, base), "leadbridge_queue_depth") == 0
+
+            await until(drained, timeout_s=10)
+        setup.set_faults(lost_response_rate=1.0, timeout_s=60)
+        assert (await send(setup.http, base, *last)).status_code == 202
+        await until(applied, timeout_s=10)
+        state = json.loads((setup.tmp / "data" / "valkey" / "server.json").read_text())
+        service.kill_group(signal.SIGKILL)
+        os.kill(int(state["pid"]), signal.SIGKILL)
+        service.wait(10)
+    finally:
+        service.stop()
+    setup.set_faults()
+    again = setup.service("second", BRIDGE_PORT=port)  # writes the mapping: change it after this
+    (setup.tmp / "mappings" / "contact.yaml").write_text(CONTACT_MAPPING + "    last_name: data.first_name\n")
+    return again
+
+
 async def test_a_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_the_mapping_changed(
     setup: Setup,
 ) -> None:
@@ -232,22 +266,9 @@ async def test_a_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_t
     # answers 422, the delivery dies unlinked, and the record's next event creates a second lead.
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    setup.set_faults(lost_response_rate=1.0, timeout_s=60)
-    service = setup.service("first", BRIDGE_PORT=port).start()
-    try:
-        await wait_ready(setup.http, f"{base}/readyz", service)
-        assert (await send(setup.http, base, "cut@example.com")).status_code == 202
-        await until(lambda: setup.entries_by_email() == {"cut@example.com": 1}, timeout_s=10)
-        state = json.loads((setup.tmp / "data" / "valkey" / "server.json").read_text())
-        service.kill_group(signal.SIGKILL)
-        os.kill(int(state["pid"]), signal.SIGKILL)
-        service.wait(10)
-    finally:
-        service.stop()
-    setup.set_faults()
-    again = setup.service("second", BRIDGE_PORT=port)  # writes the mapping: changed after it
-    mapping = setup.tmp / "mappings" / "contact.yaml"
-    mapping.write_text(CONTACT_MAPPING + "    last_name: data.first_name\n")
+    again = await kill_9_once_applied(
+        setup, port, lambda: setup.entries_by_email() == {"cut@example.com": 1}, ("cut@example.com", "K")
+    )
     again.start()
     try:
         await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
@@ -268,3 +289,38 @@ async def test_a_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_t
     assert entry["data"] == {"email": "cut@example.com", "first_name": "K", "last_name": "K"}
     added = [e for e in setup.sandbox.events if e["type"] == "table.entry.added"]
     assert len(added) == 1
+
+
+async def test_a_patch_cut_by_kill_9_is_sent_again_with_its_first_body_though_the_mapping_changed(
+    setup: Setup,
+) -> None:
+    # The record's second event patched its entry upstream (its answer held back), then everything
+    # was killed before any attempt was recorded; the mapping changed before the restart. The
+    # rerun must send the patch first sent under its key: a body built anew gets 422 and the
+    # update is dead-lettered, and a replay, building it anew again, is refused the same way.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def patched() -> bool:
+        return [e["data"]["first_name"] for e in setup.sandbox.entries.values()] == ["L"]
+
+    again = await kill_9_once_applied(
+        setup, port, patched, ("upd@example.com", "K"), ("upd@example.com", "L")
+    )
+    again.start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
+
+        async def done() -> bool:
+            page = await metrics(setup.http, base)
+            return sample(page, "leadbridge_queue_depth") == 0 or sample(page, "leadbridge_dlq_size") != 0
+
+        await until(done, timeout_s=20)
+        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
+    finally:
+        again.stop()
+    depth, statuses = inspect_queue(setup.tmp / "data")
+    assert (depth, sorted(statuses.values())) == (0, ["delivered", "delivered"])
+    entry = next(iter(setup.sandbox.entries.values()))
+    assert entry["data"] == {"email": "upd@example.com", "first_name": "L"}  # the body first sent
+    assert [e["type"] for e in setup.sandbox.events].count("table.entry.added") == 1

@@ -38,8 +38,8 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -61,12 +61,14 @@ MIN_DEFER_S = 0.05
 # (what `Ordering.register` does) first. KEYS: pending(K), K's lock, the delivery's done hash, K's
 # order value, K's link (entry id), the G unplanned sets of the link's mappings, then, when
 # registering, the delivery's hash, its mapping's unplanned set, the W sets to join and the L
-# sets to leave, and last, with a pin (`Pin`), its key. ARGV: seq, arq queue key, lock token,
+# sets to leave, and last the keys of its pins (`Pin`). ARGV: seq, arq queue key, lock token,
 # lease ms, command index, G, W (-1: no registration), L, the delivery's new `pending_keys` (''
-# when unchanged), delivery id, retention s, then with a pin its value and '1' (always) or '0'
-# (only with no entry linked). Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its
-# due time ms}, {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false, the
-# body an earlier run pinned or false} (lock now held; the pin set, unless one was there).
+# when unchanged), delivery id, retention s, the number P of pins (`Pin`), then each pin's value
+# and when it applies ('a' always, 'u' with no entry linked, 'l' with one); the P pins' keys are
+# the last P KEYS. Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time
+# ms}, {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false, {per pin: the
+# body an earlier run pinned, or false}} (lock now held; each pin that applies set, unless one
+# was there).
 # A blocker is alive while its job is in the queue (claimed, due or deferred); one that is not
 # will never run again and is dropped from the set.
 BEGIN_SCRIPT = """
@@ -106,14 +108,19 @@ if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {2, redis.call('PTTL', KEYS[2])}
 end
 local linked = redis.call('GET', KEYS[5]) or false
-local pinned = false
-if ARGV[12] and (ARGV[13] == '1' or not linked) then
-  pinned = redis.call('GET', KEYS[#KEYS])
-  if pinned then
-    redis.call('EXPIRE', KEYS[#KEYS], ARGV[11])
-  else
-    redis.call('SET', KEYS[#KEYS], ARGV[12], 'EX', ARGV[11])
+local p = tonumber(ARGV[12])
+local pinned = {}
+for i = 1, p do
+  local when, key, found = ARGV[12 + 2 * i], KEYS[#KEYS - p + i], false
+  if when == 'a' or (when == 'l') == (linked ~= false) then
+    found = redis.call('GET', key)
+    if found then
+      redis.call('EXPIRE', key, ARGV[11])
+    else
+      redis.call('SET', key, ARGV[11 + 2 * i], 'EX', ARGV[11])
+    end
   end
+  pinned[i] = found
 end
 return {3, redis.call('GET', KEYS[4]) or false, linked, pinned}
 """
@@ -216,7 +223,8 @@ class Registration:
 @dataclass
 class Turn:
     """A step's turn: already done by an earlier run, or its lock held with what it needs to know.
-    `pinned`: what an earlier run pinned under the turn's `Pin` (None: nothing, or no pin asked)."""
+    `pinned`: per `Pin` the turn was given, what an earlier run pinned under it (None: nothing
+    was, or the pin did not apply)."""
 
     step: Step
     token: str
@@ -224,19 +232,30 @@ class Turn:
     last_order: str | None = None
     entry_id: str | None = None
     ended: bool = False
-    pinned: bytes | None = None
+    pinned: list[bytes | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Pin:
-    """A create's request body to pin (`bridge.queue.sent`) in the round trip that starts its
+    """A request body to pin (`bridge.queue.sent`) in the round trip that starts its command's
     turn, before it is sent: under `key`, `value` (sealed as `SentBodies` seals), unless a body
-    is pinned there already (an earlier run's: the turn returns it). Only when the record has no
-    entry linked yet, unless `always` (an action "create", which creates all the same)."""
+    is pinned there already (an earlier run's: the turn returns it). `when` the body is the one
+    the command sends: ALWAYS, UNLINKED (a create of an upsert: the record has no entry yet) or
+    LINKED (a patch: it has one)."""
+
+    ALWAYS: ClassVar[str] = "a"
+    UNLINKED: ClassVar[str] = "u"
+    LINKED: ClassVar[str] = "l"
 
     key: str
     value: bytes
-    always: bool
+    when: str
+
+    @staticmethod
+    def applies(when: str, linked: bool) -> bool:
+        """Whether a pin set `when` is the body sent, so set by the turn (BEGIN_SCRIPT decides
+        the same way), given whether the record had an entry linked."""
+        return when == Pin.ALWAYS or (when == Pin.LINKED) == linked
 
 
 class Ordering:
@@ -312,15 +331,15 @@ class Ordering:
         step: Step,
         mappings: Collection[str],
         registration: Registration | None = None,
-        pin: Pin | None = None,
+        pins: Sequence[Pin] = (),
     ) -> AsyncIterator[Turn]:
         """Wait until no earlier delivery can still touch the step's record and take its lease
         lock (renewed in the background) for the block; one round trip when nothing is in the
         way. Yields a Turn with `done` set, and no lock, when an earlier run applied the step.
         Raises OrderWait when the record stays busy for longer than the wait allowed in a job.
         With `registration`, the first look also does what `register` does (one round trip
-        instead of two), before anything else; with `pin`, the look that takes the turn pins it
-        (see `Pin`)."""
+        instead of two), before anything else; the look that takes the turn sets the `pins` that
+        apply (see `Pin`)."""
         group = [unplanned_key(m) for m in sorted(mappings)]
         names = [step.pending, step.lock, keys.done(step.delivery_id), step.order, step.linked, *group]
         token = uuid.uuid4().hex
@@ -333,16 +352,18 @@ class Ordering:
             len(group),
         ]
         args: list[str | int | bytes] = [*common, -1, 0, "", step.delivery_id, self._retention_s]
-        pinning: list[str | int | bytes] = [pin.value, "1" if pin.always else "0"] if pin else []
+        pinning: list[str | int | bytes] = [len(pins)]
+        for pin in pins:
+            pinning += [pin.value, pin.when]
         look_names, look_args = names, args  # what the next look sends
         if registration is not None:
             r = registration
             look_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
             pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
             look_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
-        if pin is not None:  # the pin's key last (KEYS[#KEYS]), its value and `always` after ARGV[11]
-            names, look_names = [*names, pin.key], [*look_names, pin.key]
-            args, look_args = [*args, *pinning], [*look_args, *pinning]
+        pin_keys = [pin.key for pin in pins]  # the last KEYS; their count, values and `when` after ARGV[11]
+        names, look_names = [*names, *pin_keys], [*look_names, *pin_keys]
+        args, look_args = [*args, *pinning], [*look_args, *pinning]
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
         while True:
@@ -372,9 +393,10 @@ class Ordering:
                 )
             await asyncio.sleep(pause)  # polling another process's progress, not a test sync
             pause = min(pause * 2, 0.1)
-        last_order, entry_id, pinned = _text(found[1]), _text(found[2]), found[3] or None
+        last_order, entry_id = _text(found[1]), _text(found[2])
+        pinned = [value or None for value in found[3]]
         held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned)
-        del names, args, look_names, look_args, pinning, pin, found  # this run's sealed body
+        del names, args, look_names, look_args, pinning, pins, found  # this run's sealed bodies
         renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
             yield held
