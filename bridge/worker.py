@@ -412,15 +412,18 @@ class Deliverer:
         self, command: LeadCommand, idem: str
     ) -> tuple[dict[str, tuple[dict[str, Any], str]], list[Pin]]:
         """For a keyed command: the bodies it may send, built now, by step ("c" its create, "c2"
-        the patch right after it, "p" its patch) with when each is the one it sends (`Pin.when`),
-        and the `Pin` of each, which its turn sets before anything is sent (no round trip of its
-        own). So a worker killed while a request was in flight leaves the body it sent behind,
-        and the rerun sends that body under the key even if its mapping or tables changed
-        meanwhile (the upstream refuses a key with another body: 422, dead-lettered; for a
-        create, the entry never linked and a second lead at the record's next event; for a
-        patch, an update that a replay could not apply either). A body that cannot be built now
-        is left to the request itself, which fails there, after the turn has registered the
-        delivery: that must not hold up the other records of its link group until its retry."""
+        the patch right after it, "p" the patch of an action "patch") with when each is the one
+        it sends (`Pin.when`), and the `Pin` of each, which its turn sets before anything is sent
+        (no round trip of its own). So a worker killed while a request was in flight leaves the
+        body it sent behind, and the rerun sends that body under the key even if its mapping or
+        tables changed meanwhile (the upstream refuses a key with another body: 422,
+        dead-lettered; for a create, the entry never linked and a second lead at the record's
+        next event; for a patch, an update that a replay could not apply either). An upsert's
+        patch is not built here: only the turn tells whether it is needed, and building and
+        sending it along for every create cost CPU and memory (see `_patch`). A body that
+        cannot be built now is left to the request itself, which fails there, after the turn
+        has registered the delivery: that must not hold up the other records of its link group
+        until its retry."""
         built: dict[str, tuple[dict[str, Any], str]] = {}
         if command.action != "patch":
             when = Pin.ALWAYS if command.action == "create" else Pin.UNLINKED
@@ -429,7 +432,7 @@ class Deliverer:
                 later = bodies.after_create(command)
                 if later:
                     built["c2"] = (later, when)
-        if command.action != "create" and not command.is_empty_patch():
+        if command.action == "patch" and not command.is_empty_patch():
             with contextlib.suppress(DeliveryError):
                 built["p"] = (await bodies.patch_body(command, self.tables), Pin.LINKED)
         pins = [
@@ -487,7 +490,7 @@ class Deliverer:
         again = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
         if entry_id is None:
             return "created", await self._create(command, idem, on_created, again, pinned)
-        if await self._patch(command, entry_id, idem + "p", again, pinned.get("p")):
+        if await self._patch(command, entry_id, idem + "p", pinned.get("p")):
             return "patched", entry_id
         return "skipped", entry_id
 
@@ -530,15 +533,19 @@ class Deliverer:
         return str(entry_id)
 
     async def _patch(
-        self, command: LeadCommand, entry_id: str, idem: str, again: bool, pinned: dict[str, Any] | None
+        self, command: LeadCommand, entry_id: str, idem: str, pinned: dict[str, Any] | None
     ) -> bool:
+        """Patch the entry. The body goes pinned, so that a worker killed while it is in flight
+        leaves it for the rerun: by the turn (`pinned`, an action "patch"), or else (an upsert,
+        which only learns in its turn that it patches) in a round trip of its own that reads
+        the pin an earlier run left (`_send` with `again`)."""
         if command.is_empty_patch():
             return False
         await self._send(
             idem,
             lambda: bodies.patch_body(command, self.tables),
             lambda body: self.connect.patch_entry(entry_id, body, idem),
-            again=again,
+            again=True,
             table_id=command.table,
             pinned=pinned,
         )
