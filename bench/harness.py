@@ -42,6 +42,8 @@ SANDBOX_KEY = "sandbox-key"
 QUEUE_KEY = "arq:queue"  # the queue both arq (baselines) and leadbridge use
 DLQ_KEY = "lb:dlq"
 STALL_MS = 5  # Valkey's latency monitor notes events (an fsync, a fork, a command) this long or longer
+# The sandbox's /bench/stats keys for creates (False) and patches (True): count, first, last.
+STAT_KEYS = {False: ("creates", "first", "last"), True: ("patches", "patch_first", "patch_last")}
 
 
 def log(message: str) -> None:
@@ -59,6 +61,7 @@ class Harness:
         self.python = sys.executable
         self.valkeys: list[Any] = []
         self._seq = 0
+        self.last_prefix = ""  # of the last bodies made (`bodies`)
         self.http = httpx.AsyncClient(timeout=60.0)
         self.template = work / "body.json"
         self.template.write_text(orjson.dumps(orjson.loads((BENCH / "payload.json").read_bytes())).decode())
@@ -141,8 +144,10 @@ class Harness:
 
     # -- the sandbox ----------------------------------------------------------------------------
 
-    async def sandbox_reset(self, latency_ms: float = 0.0) -> None:
-        (await self.http.post(f"{self.sandbox}/bench/reset")).raise_for_status()
+    async def sandbox_reset(self, latency_ms: float = 0.0, *, keep_entries: bool = False) -> None:
+        """Forget the creates and patches noted; unless `keep_entries`, reset the sandbox too."""
+        route = "reset-clock" if keep_entries else "reset"
+        (await self.http.post(f"{self.sandbox}/bench/{route}")).raise_for_status()
         if latency_ms:
             response = await self.http.put(f"{self.sandbox}/sandbox/faults", json={"latency_ms": latency_ms})
             response.raise_for_status()
@@ -346,9 +351,18 @@ class Harness:
         result["_scripts"] = round((counts.get("evalsha", 0) + counts.get("eval", 0)) / max(per, 1), 2)
         return result
 
-    def bodies(self, label: str, count: int) -> list[bytes]:
+    def bodies(self, label: str, count: int, *, update_of: str | None = None) -> list[bytes]:
+        """`count` webhook bodies, each with its own id (in its e-mail too), under a new prefix
+        made from `label` (`prefix`) or, with `update_of`, under that prefix again but with
+        another first name: a new event (the body's hash) for each record of those bodies, which
+        an upsert turns into a patch of the entry its first event created."""
         template = self.template.read_text()
-        prefix = self.prefix(label)
+        if update_of is not None:
+            template = template.replace('"first_name":"Ada"', '"first_name":"Augusta"')
+            if '"Augusta"' not in template:
+                raise RuntimeError("the body template has no first name to change for an update")
+        prefix = update_of if update_of is not None else self.prefix(label)
+        self.last_prefix = prefix
         return [template.replace("__ID__", f"{prefix}-{i}").encode() for i in range(count)]
 
     async def prefill_naive(self, count: int) -> None:
@@ -361,9 +375,11 @@ class Harness:
             chunk = bodies[start : start + 200]
             await asyncio.gather(*(pool.enqueue_job("deliver", orjson.loads(body)) for body in chunk))
 
-    async def prefill_leadbridge(self, count: int) -> float:
+    async def prefill_leadbridge(self, count: int, *, update: bool = False) -> float:
         """Store `count` deliveries exactly as `serve` does (its Accepter, default settings) into
-        an empty Valkey; returns the Redis memory they take, in bytes per delivery."""
+        an empty Valkey; returns the Redis memory they take, in bytes per delivery. With
+        `update`, Valkey is not emptied first (the records stay linked to their entries) and the
+        deliveries are updates of the records of the last bodies made (`bodies`)."""
         from bridge.providers.base import body_hash
         from bridge.queue.ingest import Accepter, Incoming
         from bridge.settings import Settings
@@ -374,9 +390,10 @@ class Harness:
             dedupe_window_s=int(defaults["dedupe_window_s"].default),
             retention_s=int(defaults["retention_s"].default),
         )
-        await self.lb_redis.flushall()
+        if not update:
+            await self.lb_redis.flushall()
         before = int((await self.lb_redis.info("memory"))["used_memory"])
-        bodies = self.bodies("pl", count)
+        bodies = self.bodies("pl", count, update_of=self.last_prefix if update else None)
         headers = {"content-type": "application/json"}
         for start in range(0, count, 500):
             chunk = bodies[start : start + 500]
@@ -394,20 +411,24 @@ class Harness:
             raise RuntimeError(f"pre-fill queued {queued} of {count}")
         return (after - before) / count
 
-    async def drain(self, name: str, count: int, timeout_s: float, valkey_pid: int | None) -> dict[str, Any]:
-        """Wait until the sandbox has `count` creates; leads/s between its first and last one."""
+    async def drain(
+        self, name: str, count: int, timeout_s: float, valkey_pid: int | None, *, patches: bool = False
+    ) -> dict[str, Any]:
+        """Wait until the sandbox has `count` creates (`patches`: patches); leads/s between its
+        first and last one."""
+        counted, first, last = STAT_KEYS[patches]
         pids = {name: self.procs.pid(name), "sandbox": self.procs.pid("sandbox"), "valkey": valkey_pid}
         with RssSampler(self.procs.pid(name)) as sampler, CpuMeter(pids) as cpu:
 
             async def done() -> bool:
                 if not self.procs.alive(name):
                     raise RuntimeError(f"{name} exited; see {self.log_path(name)}")
-                return await self.sandbox_creates() >= count
+                return int((await self.sandbox_stats())[counted]) >= count
 
             finished = await self.until(done, timeout_s, interval_s=0.25)
         stats = await self.sandbox_stats()
-        span = stats["last"] - stats["first"]
-        creates = int(stats["creates"])
+        span = stats[last] - stats[first]
+        creates = int(stats[counted])
         return {
             "count": count,
             "delivered": creates,

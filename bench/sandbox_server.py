@@ -1,15 +1,18 @@
-"""The benchmark's upstream: leadbridge's Connect sandbox, plus a clock on every create.
+"""The benchmark's upstream: leadbridge's Connect sandbox, plus a clock on every create and patch.
 
     python -m bench.sandbox_server --port P
 
 A small ASGI middleware in front of `create_sandbox_app()` notes the wall-clock time at which each
 `POST /connect/table_entries` arrives, and, once it has been answered 201 (not an idempotent
-replay), keys that time by the bench id found in the lead's e-mail (`<id>@bench.example`). The
-bench reads them back to count deliveries and to measure 202-to-upstream latency:
+replay), keys that time by the bench id found in the lead's e-mail (`<id>@bench.example`); the
+same for each `PATCH /connect/table_entries/{id}` answered 200 whose merge patch carries the
+e-mail. The bench reads them back to count deliveries and to measure 202-to-upstream latency:
 
-    GET  /bench/stats      {"creates": n, "first": t, "last": t}   (unix seconds)
-    GET  /bench/arrivals   {"arrivals": {id: t, ...}}
+    GET  /bench/stats      {"creates": n, "first": t, "last": t,                (unix seconds)
+                            "patches": n, "patch_first": t, "patch_last": t}
+    GET  /bench/arrivals   {"arrivals": {id: t, ...}}                           (creates)
     POST /bench/reset      forget them, and reset the sandbox (entries, events, faults off)
+    POST /bench/reset-clock  forget them only (the entries stay, to be patched)
 
 Everything else (`/connect/...`, `/sandbox/...`, `PUT /sandbox/faults` for latency) is the
 sandbox itself. Served with one uvicorn worker, configured like leadbridge's.
@@ -78,6 +81,7 @@ class ClockedSandbox:
         self.app = app
         self.reset_sandbox = reset
         self.arrivals = Arrivals()
+        self.patched = Arrivals()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +91,11 @@ class ClockedSandbox:
         if path.startswith("/bench/"):
             await self._control(path, method, send)
             return
-        if not (method == "POST" and path == CREATE_PATH):
+        if method == "POST" and path == CREATE_PATH:
+            arrivals, answered = self.arrivals, 201
+        elif method == "PATCH" and path.startswith(CREATE_PATH + "/"):
+            arrivals, answered = self.patched, 200
+        else:
             await self.app(scope, receive, send)
             return
         arrived = time.time()
@@ -107,20 +115,28 @@ class ClockedSandbox:
             await send(message)
 
         await self.app(scope, tapped_receive, tapped_send)
-        if outcome.get("status") == 201 and not outcome.get("replayed"):
+        if outcome.get("status") == answered and not outcome.get("replayed"):
             bench_id = _bench_id(b"".join(chunks))
             if bench_id is not None:
-                self.arrivals.add(bench_id, arrived)
+                arrivals.add(bench_id, arrived)
 
     async def _control(self, path: str, method: str, send: Send) -> None:
-        arrivals = self.arrivals
+        arrivals, patched = self.arrivals, self.patched
         if path == "/bench/stats":
-            document: Any = {"creates": len(arrivals.times), "first": arrivals.first, "last": arrivals.last}
+            document: Any = {
+                "creates": len(arrivals.times),
+                "first": arrivals.first,
+                "last": arrivals.last,
+                "patches": len(patched.times),
+                "patch_first": patched.first,
+                "patch_last": patched.last,
+            }
         elif path == "/bench/arrivals":
             document = {"arrivals": arrivals.times}
-        elif path == "/bench/reset" and method == "POST":
-            self.arrivals = Arrivals()
-            self.reset_sandbox()
+        elif path in ("/bench/reset", "/bench/reset-clock") and method == "POST":
+            self.arrivals, self.patched = Arrivals(), Arrivals()
+            if path == "/bench/reset":
+                self.reset_sandbox()
             document = {"status": "reset"}
         else:
             document = {"error": "unknown bench route"}

@@ -381,21 +381,33 @@ class Scenarios:
             if latency_ms == 0.0:
                 details["redis_bytes_per_delivery"] = round(bytes_each, 1)
             await h.sandbox_reset(latency_ms)
-            await h.reset_command_stats(h.lb_redis)
-            await h.start_lb_worker()
-            try:
-                result = await h.drain("worker", count, 30 + count / 20, h.lb_valkey_pid)
-                result["redis_commands_per_delivery"] = await h.command_stats(h.lb_redis, count)
-                result["queue_left"] = int(await h.lb_redis.zcard(QUEUE_KEY))
-                result["dead_lettered"] = int(await h.lb_redis.zcard(DLQ_KEY))
-            finally:
-                h.procs.stop("worker")
-            result["cpu_ms_per_lead"] = _per(result["cpu_pct"].get("worker"), result["leads_per_s"], 1e3)
-            details[f"leadbridge_{latency_ms:.0f}ms"] = result
-            log(f"  {_brief(result)}")
+            details[f"leadbridge_{latency_ms:.0f}ms"] = await self._lb_drain(count, update=False)
+            if latency_ms == 0.0:
+                # The same records' next events: every delivery a patch of the entry just created.
+                log(f"delivery: leadbridge worker, {count} updates of those records, upstream latency 0 ms")
+                await h.prefill_leadbridge(count, update=True)
+                await h.sandbox_reset(keep_entries=True)
+                details["leadbridge_updates_0ms"] = await self._lb_drain(count, update=True)
         await h.sandbox_reset()
         self.results.details["delivery"] = details
         self._delivery_rows(details)
+
+    async def _lb_drain(self, count: int, *, update: bool) -> dict[str, Any]:
+        """One `leadbridge worker` draining the `count` deliveries pre-filled (creates, or with
+        `update` patches)."""
+        h = self.h
+        await h.reset_command_stats(h.lb_redis)
+        await h.start_lb_worker()
+        try:
+            result = await h.drain("worker", count, 30 + count / 20, h.lb_valkey_pid, patches=update)
+            result["redis_commands_per_delivery"] = await h.command_stats(h.lb_redis, count)
+            result["queue_left"] = int(await h.lb_redis.zcard(QUEUE_KEY))
+            result["dead_lettered"] = int(await h.lb_redis.zcard(DLQ_KEY))
+        finally:
+            h.procs.stop("worker")
+        result["cpu_ms_per_lead"] = _per(result["cpu_pct"].get("worker"), result["leads_per_s"], 1e3)
+        log(f"  {_brief(result)}")
+        return result
 
     def _delivery_rows(self, details: dict[str, Any]) -> None:
         naive, lb = details["naive_0ms"], details["leadbridge_0ms"]
@@ -429,6 +441,24 @@ class Scenarios:
                 f"{naive['redis_commands_per_job']['_total']}; cpu % {lb['cpu_pct']}",
             )
         )
+        updates = details.get("leadbridge_updates_0ms")
+        if updates is not None:
+            rows.append(
+                Row(
+                    "delivery leadbridge worker, updates, 0 ms upstream",
+                    updates["leads_per_s"],
+                    "leads/s",
+                    rss_mib=updates["rss_mib"],
+                    baseline="(c)",
+                    baseline_value=naive["leads_per_s"],
+                    ratio=_ratio(updates["leads_per_s"], naive["leads_per_s"]),
+                    target="(context: patches)",
+                    result="info" if updates["complete"] and updates["dead_lettered"] == 0 else "FAIL",
+                    note=f"the records of the 0 ms row, each patched once: worker CPU "
+                    f"{updates['cpu_ms_per_lead']} ms/lead; Redis commands per delivery "
+                    f"{updates['redis_commands_per_delivery']['_total']}; cpu % {updates['cpu_pct']}",
+                )
+            )
         value = lb_slow["leads_per_s"]
         rows.append(
             Row(
