@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
@@ -309,7 +310,9 @@ def to_boolean(value: Any) -> bool | None:
 def to_email(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
-    text = _INVISIBLE.sub("", value).strip().lower()
+    # NFC: "josé" typed on one system arrives as é, on another as e + a combining accent; both
+    # are one address (RFC 6530 §10.1), and one key, so one lead.
+    text = unicodedata.normalize("NFC", _INVISIBLE.sub("", value).strip().lower())
     if text.startswith("mailto:"):
         text = text[len("mailto:") :].partition("?")[0].strip()  # ?subject=…: not the address
     if bracketed := _NAME_ADDR.match(text):
