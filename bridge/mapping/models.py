@@ -28,7 +28,14 @@ from pydantic import (
 
 from bridge.mapping.commands import Action
 from bridge.mapping.expressions import check_expression
-from bridge.mapping.transforms import OPTION_MODELS, TRANSFORM_NAMES, DatetimeOptions, PhoneOptions, stringify
+from bridge.mapping.transforms import (
+    OPTION_MODELS,
+    TRANSFORM_NAMES,
+    DatetimeOptions,
+    NumberOptions,
+    PhoneOptions,
+    stringify,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 LINK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -73,6 +80,16 @@ class DatetimeCall(BaseModel):
     datetime: DatetimeOptions
 
 
+class NumberCall(BaseModel):
+    model_config = _strict("number with options")
+    number: NumberOptions
+
+
+class IntegerCall(BaseModel):
+    model_config = _strict("integer with options")
+    integer: NumberOptions
+
+
 def _transform_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "<name>"
@@ -80,6 +97,10 @@ def _transform_tag(value: Any) -> str | None:
         return "<phone_e164>"
     if isinstance(value, DatetimeCall):
         return "<datetime>"
+    if isinstance(value, NumberCall):
+        return "<number>"
+    if isinstance(value, IntegerCall):
+        return "<integer>"
     if isinstance(value, dict) and len(value) == 1:
         (name,) = value
         if name in OPTION_MODELS:
@@ -90,13 +111,16 @@ def _transform_tag(value: Any) -> str | None:
 TransformSpec = Annotated[
     Annotated[TransformName, Tag("<name>")]
     | Annotated[PhoneE164Call, Tag("<phone_e164>")]
-    | Annotated[DatetimeCall, Tag("<datetime>")],
+    | Annotated[DatetimeCall, Tag("<datetime>")]
+    | Annotated[NumberCall, Tag("<number>")]
+    | Annotated[IntegerCall, Tag("<integer>")],
     Discriminator(
         _transform_tag,
         custom_error_type="transform",
         custom_error_message=(
             "a transform is a name (" + ", ".join(TRANSFORM_NAMES) + ") or a one-key object "
-            "{phone_e164: {region: DE}} or {datetime: {format: ..., tz: ...}}"
+            "{phone_e164: {region: DE}}, {datetime: {format: ..., tz: ...}}, {number: {decimal: ','}} "
+            "or {integer: {decimal: ','}}"
         ),
     ),
 ]
@@ -108,6 +132,10 @@ def transform_parts(spec: Any) -> tuple[str, BaseModel | None]:
         return "phone_e164", spec.phone_e164
     if isinstance(spec, DatetimeCall):
         return "datetime", spec.datetime
+    if isinstance(spec, NumberCall):
+        return "number", spec.number
+    if isinstance(spec, IntegerCall):
+        return "integer", spec.integer
     return str(spec), None
 
 
@@ -310,6 +338,7 @@ def known_keys() -> set[str]:
         ValueObject,
         PhoneOptions,
         DatetimeOptions,
+        NumberOptions,
     ):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)

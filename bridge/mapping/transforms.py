@@ -30,7 +30,7 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -71,6 +71,8 @@ _BLANK_EDGES = re.compile(f"^[\\s{_INVISIBLE_CHARS}]+|[\\s{_INVISIBLE_CHARS}]+$"
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
 _THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(?:\.\d{3}){2,}$")  # 1.234.567; one dot is a decimal point
+# Digits grouped by thousands with this sign (and nothing after): for `number`'s `decimal` option.
+_THOUSANDS = {",": _THOUSANDS_COMMA, ".": re.compile(r"^[+-]?\d{1,3}(?:\.\d{3})+$")}
 # Spaces of any kind (fr writes a narrow no-break space), "_" and de-CH's apostrophes.
 _DIGIT_GROUPING = re.compile(r"[\s_'\u2019]")
 # A word for `title`: letters and digits, with an English contraction's ending ("jane's",
@@ -136,6 +138,17 @@ class PhoneOptions(BaseModel):
         return region
 
 
+class NumberOptions(BaseModel):
+    """`{number: {decimal: ","}}` (and the same for `integer`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decimal: Literal[".", ","] = Field(
+        description='the decimal sign of the source: "," reads 1.500 as 1500 and 12,5 as 12.5; '
+        '"." reads 1,500 as 1500 and 1.500 as 1.5; the other sign then only groups thousands'
+    )
+
+
 class DatetimeOptions(BaseModel):
     """`{datetime: {format: "%d.%m.%Y %H:%M", tz: Europe/Berlin}}`."""
 
@@ -163,7 +176,12 @@ def zone_of(name: str) -> tzinfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
-OPTION_MODELS: dict[str, type[BaseModel]] = {"phone_e164": PhoneOptions, "datetime": DatetimeOptions}
+OPTION_MODELS: dict[str, type[BaseModel]] = {
+    "phone_e164": PhoneOptions,
+    "datetime": DatetimeOptions,
+    "number": NumberOptions,
+    "integer": NumberOptions,
+}
 
 
 def build_transform(name: str, options: BaseModel | None = None) -> Transform:
@@ -171,6 +189,9 @@ def build_transform(name: str, options: BaseModel | None = None) -> Transform:
     if name == "phone_e164":
         phone = options if isinstance(options, PhoneOptions) else PhoneOptions()
         return lambda value: to_phone_e164(value, phone.region, phone.strict)
+    if name in ("number", "integer") and isinstance(options, NumberOptions):
+        decimal, read = options.decimal, to_number if name == "number" else to_integer
+        return lambda value: read(value, decimal)
     if name == "datetime":
         when = options if isinstance(options, DatetimeOptions) else DatetimeOptions()
         zone = zone_of(when.tz) if when.tz else UTC
@@ -240,7 +261,10 @@ def stringify(value: Any) -> str | None:
 # --- numbers ------------------------------------------------------------------------------------
 
 
-def to_number(value: Any) -> int | float | None:
+def to_number(value: Any, decimal: str | None = None) -> int | float | None:
+    """A number from a JSON number or from text. `decimal` ("." or ","): the source's decimal
+    sign, so the other one only groups digits by thousands; None: told apart as documented
+    (docs/mappings.md), where a single "." is always a decimal point."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -255,7 +279,17 @@ def to_number(value: Any) -> int | float | None:
     if text[-1:].isalpha() or text[:1].isalpha():
         text = _CURRENCY_CODE.sub("", text, count=1)
     text = _DIGIT_GROUPING.sub("", text.strip(_CURRENCY))
-    if "," in text:
+    if decimal is not None:
+        whole, point, fraction = text.partition(decimal)
+        grouping = "," if decimal == "." else "."
+        if grouping in fraction or decimal in fraction:
+            return None  # 5,000.50 read with a decimal comma: not a number of that locale
+        if grouping in whole:
+            if not _THOUSANDS[grouping].match(whole):
+                return None  # 1.50 with a decimal comma: no thousands there
+            whole = whole.replace(grouping, "")
+        text = f"{whole}.{fraction}" if point else whole
+    elif "," in text:
         if "." in text:
             # the later separator is the decimal one: 5,000.50 or 5.000,50
             if text.rfind(",") > text.rfind("."):
@@ -283,8 +317,8 @@ def _float_of(value: int) -> float | None:
         return None
 
 
-def to_integer(value: Any) -> int | None:
-    number = to_number(value)
+def to_integer(value: Any, decimal: str | None = None) -> int | None:
+    number = to_number(value, decimal)
     if isinstance(number, float):
         return None  # to_number already gave int for integral floats
     return number
