@@ -486,8 +486,12 @@ class Deliverer:
         entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
-        # A delivery that ran before may have sent this command already (see `_send`).
+        # A delivery that ran before may have sent this command already (see `_send`). An unkeyed
+        # command has no turn to pin its create before it goes, so it reads and sets the pin as
+        # a rerun does, in a round trip of its own: a worker killed while it was in flight
+        # leaves the body for the rerun.
         again = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
+        again = again or command.key is None
         if entry_id is None:
             return "created", await self._create(command, idem, on_created, again, pinned)
         if await self._patch(command, entry_id, idem + "p", pinned.get("p")):

@@ -33,10 +33,10 @@ class Setup:
     http: httpx.AsyncClient
     tmp: Path
 
-    def service(self, name: str, **settings: str | float) -> Service:
+    def service(self, name: str, mapping: str = CONTACT_MAPPING, **settings: str | float) -> Service:
         mappings = self.tmp / "mappings"
         mappings.mkdir(exist_ok=True)
-        (mappings / "contact.yaml").write_text(CONTACT_MAPPING)
+        (mappings / "contact.yaml").write_text(mapping)
         environ = env(
             CONNECT_BASE_URL=self.sandbox_url,
             CONNECT_API_KEY=DEMO_API_KEY,
@@ -224,14 +224,18 @@ async def test_kill_9_of_everything_loses_no_accepted_webhook(setup: Setup) -> N
 
 
 async def kill_9_once_applied(
-    setup: Setup, port: int, applied: Callable[[], bool], *events: tuple[str, str]
+    setup: Setup,
+    port: int,
+    applied: Callable[[], bool],
+    *events: tuple[str, str],
+    mapping: str = CONTACT_MAPPING,
 ) -> Service:
     """Start `run` on `port` and send `events` ((e-mail, first name)): each but the last
     delivered before the next is sent, the last with the upstream's answers held back. Once it
     is `applied` upstream, kill -9 leadbridge and its Valkey at once, before any attempt is
-    recorded. Returns the next service, not started, its mapping changed: one more field."""
+    recorded. Returns the next service, not started, its `mapping` changed: one more field."""
     base = f"http://127.0.0.1:{port}"
-    service = setup.service("first", BRIDGE_PORT=port).start()
+    service = setup.service("first", mapping, BRIDGE_PORT=port).start()
     try:
         await wait_ready(setup.http, f"{base}/readyz", service)
         *before, last = events
@@ -252,8 +256,8 @@ async def kill_9_once_applied(
     finally:
         service.stop()
     setup.set_faults()
-    again = setup.service("second", BRIDGE_PORT=port)  # writes the mapping: change it after this
-    (setup.tmp / "mappings" / "contact.yaml").write_text(CONTACT_MAPPING + "    last_name: data.first_name\n")
+    again = setup.service("second", mapping, BRIDGE_PORT=port)  # writes it: change it after this
+    (setup.tmp / "mappings" / "contact.yaml").write_text(mapping + "    last_name: data.first_name\n")
     return again
 
 
@@ -323,4 +327,42 @@ async def test_a_patch_cut_by_kill_9_is_sent_again_with_its_first_body_though_th
     assert (depth, sorted(statuses.values())) == (0, ["delivered", "delivered"])
     entry = next(iter(setup.sandbox.entries.values()))
     assert entry["data"] == {"email": "upd@example.com", "first_name": "L"}  # the body first sent
+    assert [e["type"] for e in setup.sandbox.events].count("table.entry.added") == 1
+
+
+async def test_an_unkeyed_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_the_mapping_changed(
+    setup: Setup,
+) -> None:
+    # A mapping without a key: its create has no turn, so it is pinned in a round trip of its own
+    # before it goes. Applied upstream (its answer held back), everything killed, the mapping
+    # changed: the rerun sends the body first sent (the upstream replays its answer); a body
+    # built anew would get 422 and be dead-lettered, and a replay refused the same way.
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    unkeyed = CONTACT_MAPPING.replace("action: upsert\nkey: data.email\n", "action: create\n")
+    assert unkeyed != CONTACT_MAPPING
+    again = await kill_9_once_applied(
+        setup,
+        port,
+        lambda: setup.entries_by_email() == {"new@example.com": 1},
+        ("new@example.com", "K"),
+        mapping=unkeyed,
+    )
+    again.start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
+
+        async def done() -> bool:
+            page = await metrics(setup.http, base)
+            return sample(page, "leadbridge_queue_depth") == 0 or sample(page, "leadbridge_dlq_size") != 0
+
+        await until(done, timeout_s=20)
+        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
+    finally:
+        again.stop()
+    depth, statuses = inspect_queue(setup.tmp / "data")
+    assert (depth, list(statuses.values())) == (0, ["delivered"])
+    assert setup.entries_by_email() == {"new@example.com": 1}
+    entry = next(iter(setup.sandbox.entries.values()))
+    assert entry["data"] == {"email": "new@example.com", "first_name": "K"}  # the body first sent
     assert [e["type"] for e in setup.sandbox.events].count("table.entry.added") == 1
