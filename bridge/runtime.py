@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from bridge import aio
 from bridge.mapping.registry import MappingRegistry
 from bridge.metrics import Metrics
 from bridge.queue import arq_adapter, circuit, deliveries, keys, wake
@@ -143,8 +144,9 @@ class Runtime:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.mappings.reload)
-        self._tasks.append(loop.create_task(self.mappings.watch()))
-        self._tasks.append(loop.create_task(log_store_risks(self.redis, self.settings.redis_wait_replicas)))
+        self._tasks.append(loop.create_task(self.mappings.watch(), name="mapping-watch"))
+        risks = log_store_risks(self.redis, self.settings.redis_wait_replicas)
+        self._tasks.append(loop.create_task(risks, name="store-risks"))
 
     async def start_worker(self) -> None:
         from bridge.connect.client import ConnectClient, EnrichClient, build_http_client
@@ -190,9 +192,9 @@ class Runtime:
         )
         loop = asyncio.get_running_loop()
         self._worker.wake = asyncio.Event()
-        self._tasks.append(loop.create_task(wake.wake_on_publish(self.redis, self._worker.wake)))
-        self._tasks.append(loop.create_task(arq_adapter.run(self._worker)))
-        self._tasks.append(loop.create_task(self._heartbeat()))
+        self._tasks.append(loop.create_task(wake.wake_on_publish(self.redis, self._worker.wake), name="wake"))
+        self._tasks.append(loop.create_task(arq_adapter.run(self._worker), name="worker-loop"))
+        self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
 
     async def stop_worker(self, grace_s: float | None = None) -> None:
         """Stop taking jobs; let running ones finish within the grace period (else they rerun)."""
@@ -214,7 +216,11 @@ class Runtime:
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
             if pending:
-                log.warning("%d background task(s) did not stop in time", len(pending))
+                log.warning(
+                    "%d background task(s) did not stop in time: %s",
+                    len(pending),
+                    ", ".join(sorted(aio.where(task) for task in pending)),
+                )
         for task in self._tasks:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: nothing to report at shutdown
@@ -236,6 +242,7 @@ class Runtime:
         while True:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.set(key, repr(time.time()), ex=HEARTBEAT_TTL_S)
+            aio.stop_if_cancelled()
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def worker_heartbeats(self) -> int:

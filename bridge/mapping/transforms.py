@@ -11,7 +11,7 @@ value's `default` and `required` then apply), never an exception. None stays Non
 | number | int or float, from text too ("5,000.50", "5.000,50", "$ 300"); integral values as int |
 | integer | like number, but only integral values (1.5 gives null) |
 | boolean | true/false, 1/0, and text yes/no, y/n, true/false, on/off, 1/0, checked/unchecked |
-| email | trim + lower (drop a `mailto:`, invisible characters, <…>); not an address gives null |
+| email | trim + lower + NFC (drop a `mailto:`, invisible characters, <…>); not an address gives null |
 | phone_e164 | E.164 text via phonenumbers (options below) |
 | datetime | ISO-8601 UTC with `Z`; in: epoch s or ms, ISO-8601, RFC 2822, common dates |
 
@@ -19,6 +19,8 @@ Options, written as a one-key object in `then:`:
 `{phone_e164: {region: DE}}` reads numbers without a country code as German; `strict: false`
 keeps numbers that are merely possible (not known valid). `{datetime: {format: "%d.%m.%Y",
 tz: Europe/Berlin}}` accepts only that strptime format; `tz` is the zone of inputs without one.
+`{number: {decimal: ","}}` (or `integer`) reads text with that decimal sign, the other one only
+grouping thousands: "1.500" is 1500.
 """
 
 from __future__ import annotations

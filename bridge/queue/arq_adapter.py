@@ -38,7 +38,7 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from bridge.aio import cancel_and_wait
+from bridge.aio import cancel_and_wait, stop_if_cancelled
 from bridge.queue import keys
 
 QUEUE_KEY = default_queue_name
@@ -297,6 +297,7 @@ async def run(worker: _Worker) -> None:
             try:
                 await _poll(worker)
             except Exception as exc:  # arq's loop ends on any error; ours does not
+                stop_if_cancelled()
                 if time.monotonic() - started > HEALTHY_RUN_S:
                     failures = 0
                 delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
@@ -316,6 +317,7 @@ async def _poll(worker: _Worker) -> None:
         if worker.wake is not None:
             worker.wake.clear()
         await worker._poll_iteration()
+        stop_if_cancelled()
         if not worker.started_in_poll:
             await _idle(worker)
 
@@ -345,6 +347,7 @@ async def _renew_claims(worker: Worker) -> None:
                 await pipe.execute()
         except Exception as exc:  # Redis away: the claims lapse, the jobs run again elsewhere
             log.debug("could not renew job claims: %s", type(exc).__name__)
+        stop_if_cancelled()
 
 
 def wrap_pool(redis: Any) -> Any:

@@ -18,6 +18,8 @@ from typing import Any, cast
 from redis import exceptions as store_errors
 from redis.asyncio import Redis
 
+from bridge.aio import stop_if_cancelled
+
 log = logging.getLogger("bridge.store")
 
 DOCS = "docs/delivery.md#what-an-external-redis-needs"
@@ -67,6 +69,7 @@ async def log_store_risks(redis: Redis, wait_replicas: int, retry_s: float = 5.0
             risks = await store_risks(redis, wait_replicas)
             break
         except (store_errors.ConnectionError, store_errors.TimeoutError, OSError):
+            stop_if_cancelled()
             await asyncio.sleep(retry_s)  # not up yet: the web answers 503 meanwhile
     if risks is None:
         log.warning("could not read the store's configuration (CONFIG GET); check it yourself: %s", DOCS)

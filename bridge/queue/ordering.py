@@ -45,7 +45,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bridge.aio import cancel_and_wait
+from bridge.aio import cancel_and_wait, stop_if_cancelled
 from bridge.errors import OrderWait
 from bridge.queue import arq_adapter, keys
 
@@ -462,6 +462,7 @@ class Ordering:
             await asyncio.sleep(interval_s)
             with contextlib.suppress(RedisError, OSError):
                 await self._renew(keys=[name], args=[token, self._lease_ms])
+            stop_if_cancelled()  # or a lock renewed by a task nobody waits for holds its record
 
 
 def _text(value: object) -> str | None:

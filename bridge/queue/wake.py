@@ -16,6 +16,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bridge.aio import stop_if_cancelled
 from bridge.queue import keys
 
 log = logging.getLogger("bridge.worker")
@@ -31,8 +32,11 @@ async def wake_on_publish(redis: Redis, wake: asyncio.Event) -> None:
             async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(keys.WAKE)
                 while True:
-                    if await pubsub.get_message(timeout=LISTEN_TIMEOUT_S) is not None:
+                    message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
+                    stop_if_cancelled()
+                    if message is not None:
                         wake.set()
         except (RedisError, OSError) as exc:
+            stop_if_cancelled()
             log.debug("wake-up channel lost (%s); the queue is polled meanwhile", type(exc).__name__)
             await asyncio.sleep(RECONNECT_DELAY_S)
