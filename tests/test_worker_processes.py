@@ -261,6 +261,25 @@ async def kill_9_once_applied(
     return again
 
 
+async def rerun(setup: Setup, again: Service, port: int) -> tuple[int, dict[str, str]]:
+    """Start `again` on `port`, wait until its queue is empty or something is dead-lettered,
+    check that nothing is, stop it; (queue depth, status by delivery id) from its store."""
+    base = f"http://127.0.0.1:{port}"
+    again.start()
+    try:
+        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
+
+        async def done() -> bool:
+            page = await metrics(setup.http, base)
+            return sample(page, "leadbridge_queue_depth") == 0 or sample(page, "leadbridge_dlq_size") != 0
+
+        await until(done, timeout_s=20)
+        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
+    finally:
+        again.stop()
+    return inspect_queue(setup.tmp / "data")
+
+
 async def test_a_create_cut_by_kill_9_is_sent_again_with_its_first_body_though_the_mapping_changed(
     setup: Setup,
 ) -> None:
@@ -303,7 +322,6 @@ async def test_a_patch_cut_by_kill_9_is_sent_again_with_its_first_body_though_th
     # rerun must send the patch first sent under its key: a body built anew gets 422 and the
     # update is dead-lettered, and a replay, building it anew again, is refused the same way.
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
 
     def patched() -> bool:
         return [e["data"]["first_name"] for e in setup.sandbox.entries.values()] == ["L"]
@@ -311,19 +329,7 @@ async def test_a_patch_cut_by_kill_9_is_sent_again_with_its_first_body_though_th
     again = await kill_9_once_applied(
         setup, port, patched, ("upd@example.com", "K"), ("upd@example.com", "L")
     )
-    again.start()
-    try:
-        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
-
-        async def done() -> bool:
-            page = await metrics(setup.http, base)
-            return sample(page, "leadbridge_queue_depth") == 0 or sample(page, "leadbridge_dlq_size") != 0
-
-        await until(done, timeout_s=20)
-        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
-    finally:
-        again.stop()
-    depth, statuses = inspect_queue(setup.tmp / "data")
+    depth, statuses = await rerun(setup, again, port)
     assert (depth, sorted(statuses.values())) == (0, ["delivered", "delivered"])
     entry = next(iter(setup.sandbox.entries.values()))
     assert entry["data"] == {"email": "upd@example.com", "first_name": "L"}  # the body first sent
@@ -338,7 +344,6 @@ async def test_an_unkeyed_create_cut_by_kill_9_is_sent_again_with_its_first_body
     # changed: the rerun sends the body first sent (the upstream replays its answer); a body
     # built anew would get 422 and be dead-lettered, and a replay refused the same way.
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     unkeyed = CONTACT_MAPPING.replace("action: upsert\nkey: data.email\n", "action: create\n")
     assert unkeyed != CONTACT_MAPPING
     again = await kill_9_once_applied(
@@ -348,19 +353,7 @@ async def test_an_unkeyed_create_cut_by_kill_9_is_sent_again_with_its_first_body
         ("new@example.com", "K"),
         mapping=unkeyed,
     )
-    again.start()
-    try:
-        await wait_ready(setup.http, f"{base}/readyz", again, timeout_s=30)
-
-        async def done() -> bool:
-            page = await metrics(setup.http, base)
-            return sample(page, "leadbridge_queue_depth") == 0 or sample(page, "leadbridge_dlq_size") != 0
-
-        await until(done, timeout_s=20)
-        assert sample(await metrics(setup.http, base), "leadbridge_dlq_size") == 0
-    finally:
-        again.stop()
-    depth, statuses = inspect_queue(setup.tmp / "data")
+    depth, statuses = await rerun(setup, again, port)
     assert (depth, list(statuses.values())) == (0, ["delivered"])
     assert setup.entries_by_email() == {"new@example.com": 1}
     entry = next(iter(setup.sandbox.entries.values()))
