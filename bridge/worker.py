@@ -486,14 +486,14 @@ class Deliverer:
         entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")
-        # A delivery that ran before may have sent this command already (see `_send`). An unkeyed
-        # command has no turn to pin its create before it goes, so it reads and sets the pin as
-        # a rerun does, in a round trip of its own: a worker killed while it was in flight
-        # leaves the body for the rerun.
-        again = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
-        again = again or command.key is None
+        # Read an earlier pin, or pin, before a request goes (see `_send`): when a delivery that
+        # ran before may have sent this command already, and for an unkeyed command, which has
+        # no turn to pin its create in (a worker killed while it was in flight leaves the body
+        # for the rerun).
+        ran_before = record.attempts > 0 or record.replayed_at is not None or record.cut or earlier
+        pin_first = ran_before or command.key is None
         if entry_id is None:
-            return "created", await self._create(command, idem, on_created, again, pinned)
+            return "created", await self._create(command, idem, on_created, pin_first, pinned)
         if await self._patch(command, entry_id, idem + "p", pinned.get("p")):
             return "patched", entry_id
         return "skipped", entry_id
@@ -503,7 +503,7 @@ class Deliverer:
         command: LeadCommand,
         idem: str,
         on_created: Callable[[str], Awaitable[None]] | None,
-        again: bool,
+        pin_first: bool,
         pinned: Mapping[str, dict[str, Any]],
     ) -> str:
         """Create the entry, then patch what a create cannot set. The entry exists from the
@@ -516,7 +516,7 @@ class Deliverer:
             idem + "c",
             lambda: bodies.create_body(command, self.tables),
             lambda body: self.connect.create_entry(body, idem + "c"),
-            again=again,
+            pin_first=pin_first,
             keep=bool(later),  # the command goes on: a retry may have to send this create again
             table_id=command.table,
             pinned=pinned.get("c"),
@@ -531,7 +531,7 @@ class Deliverer:
                 idem + "c2",
                 lambda: _ready(later),
                 lambda body: self.connect.patch_entry(str(entry_id), body, idem + "c2"),
-                again=again,
+                pin_first=pin_first,
                 pinned=pinned.get("c2"),
             )
         return str(entry_id)
@@ -542,14 +542,14 @@ class Deliverer:
         """Patch the entry. The body goes pinned, so that a worker killed while it is in flight
         leaves it for the rerun: by the turn (`pinned`, an action "patch"), or else (an upsert,
         which only learns in its turn that it patches) in a round trip of its own that reads
-        the pin an earlier run left (`_send` with `again`)."""
+        the pin an earlier run left (`_send` with `pin_first`)."""
         if command.is_empty_patch():
             return False
         await self._send(
             idem,
             lambda: bodies.patch_body(command, self.tables),
             lambda body: self.connect.patch_entry(entry_id, body, idem),
-            again=True,
+            pin_first=True,
             table_id=command.table,
             pinned=pinned,
         )
@@ -561,7 +561,7 @@ class Deliverer:
         build: Callable[[], Awaitable[dict[str, Any]]],
         send: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
         *,
-        again: bool,
+        pin_first: bool,
         keep: bool = False,
         table_id: str | None = None,
         pinned: dict[str, Any] | None = None,
@@ -571,17 +571,18 @@ class Deliverer:
         changed under us (a renamed or deleted custom field): refresh the cached table once,
         rebuild, resend.
 
-        A delivery's first run (`again` false) sends without reading a pin, the round trip
-        nearly every lead is spared, and pins what it sent only when that may be sent again: an
-        answer that leaves the outcome unknown (a timeout, a 5xx, a retryable 4xx, or a request
-        cut by the job's time limit or a drain), or success of a step that the rest of its
-        command (`keep`) may make a retry repeat. Later runs read the pin (or pin what they
-        build) before sending. `pinned`: a body pinned under `idem` already (a keyed command's,
-        by its turn: `_turn_pins`), sent as it is and not pinned again (after a 400's table
-        refresh, which unpins it, the body is built anew)."""
+        With `pin_first` (a later run, a patch of an upsert, an unkeyed create) the pin is read
+        (or what is built is pinned) before sending. Without it (a delivery's first run of a
+        request its turn could not pin) the body goes without a round trip, and is pinned after
+        only when it may be sent again: an answer that leaves the outcome unknown (a timeout, a
+        5xx, a retryable 4xx, or a request cut by the job's time limit or a drain), or success of
+        a step that the rest of its command (`keep`) may make a retry repeat. `pinned`: a body
+        pinned under `idem` already (a keyed command's, by its turn: `_turn_pins`), sent as it
+        is and not pinned again (after a 400's table refresh, which unpins it, the body is built
+        anew)."""
         # Pinned before it goes: a later run's body, and one its turn pinned (also when it is
         # rebuilt after a 400, which unpinned it). Otherwise pinned after, if need be.
-        unpinned = not (again or pinned is not None)
+        unpinned = not (pin_first or pinned is not None)
         for refreshed in (False, True):
             if pinned is not None and not refreshed:
                 body = pinned
