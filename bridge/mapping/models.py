@@ -90,17 +90,20 @@ class IntegerCall(BaseModel):
     integer: NumberOptions
 
 
+# A transform with options, by its model: the transform's name, which is also the model's field.
+_CALLS: dict[type[BaseModel], str] = {
+    PhoneE164Call: "phone_e164",
+    DatetimeCall: "datetime",
+    NumberCall: "number",
+    IntegerCall: "integer",
+}
+
+
 def _transform_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "<name>"
-    if isinstance(value, PhoneE164Call):
-        return "<phone_e164>"
-    if isinstance(value, DatetimeCall):
-        return "<datetime>"
-    if isinstance(value, NumberCall):
-        return "<number>"
-    if isinstance(value, IntegerCall):
-        return "<integer>"
+    if (called := _CALLS.get(type(value))) is not None:
+        return f"<{called}>"
     if isinstance(value, dict) and len(value) == 1:
         (name,) = value
         if name in OPTION_MODELS:
@@ -128,14 +131,9 @@ TransformSpec = Annotated[
 
 def transform_parts(spec: Any) -> tuple[str, BaseModel | None]:
     """(name, options or None) of a validated transform spec."""
-    if isinstance(spec, PhoneE164Call):
-        return "phone_e164", spec.phone_e164
-    if isinstance(spec, DatetimeCall):
-        return "datetime", spec.datetime
-    if isinstance(spec, NumberCall):
-        return "number", spec.number
-    if isinstance(spec, IntegerCall):
-        return "integer", spec.integer
+    if (called := _CALLS.get(type(spec))) is not None:
+        options: BaseModel = getattr(spec, called)
+        return called, options
     return str(spec), None
 
 
