@@ -21,12 +21,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY bridge ./bridge
 
-# [build] the wheel of this repo and of every dependency, into /wheels
+# [build] the wheel of this repo and of every dependency, into /wheels, at the versions CI tested
+# (constraints.txt, written by `./dev lock`)
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip wheel --wheel-dir /wheels .
+    python -m pip wheel --constraint constraints.txt --wheel-dir /wheels .
 
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -304,6 +304,7 @@ def test_image_labels() -> None:
     [
         ("pyproject.toml", False),
         ("README.md", False),
+        ("constraints.txt", False),
         ("bridge/cli.py", False),
         ("bridge/providers/none.py", False),
         ("bridge/__pycache__/cli.cpython-311.pyc", True),
@@ -329,3 +330,10 @@ def test_everything_the_builder_copies_is_in_the_context() -> None:
     # ... and the wheel's own inputs are copied (pyproject names its readme).
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["readme"] in sources
+
+
+def test_the_builder_resolves_the_versions_ci_tested() -> None:
+    builder, _ = builder_and_runtime()
+    sources = [src for srcs, _ in copy_sources(builder) for src in srcs]
+    assert "constraints.txt" in sources
+    assert "--constraint constraints.txt" in marked_run(builder, "pip wheel")
