@@ -10,11 +10,18 @@ restarted once.
 
 At the end every webhook that got a 2xx is exactly one entry with exactly one
 `table.entry.added`, the queue and the DLQ are empty, and the counters agree.
+
+Scaled up, the same test runs the pipeline at full speed (the performance issue asks for it
+once, under load): FAULT_SUITE_WEBHOOKS, FAULT_SUITE_SENDERS (concurrent providers) and
+FAULT_SUITE_WORKER_CONCURRENCY (each worker's deliveries in flight) override 2,000 / 32 / 32;
+the kills come at the same fractions of the webhooks, and the deadlines grow with their number.
+docs/delivery.md has the command and the figures of such a run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import time
@@ -36,9 +43,10 @@ from tests.delivery_support import Service, env, free_port, sample, wait_ready
 from tests.pipeline import CONTACT_MAPPING, SECRET, sign
 from tests.servers import until
 
-WEBHOOKS = 2000
+WEBHOOKS = int(os.environ.get("FAULT_SUITE_WEBHOOKS", "2000"))
 RESEND_SHARE = 0.10
-SENDERS = 32
+SENDERS = int(os.environ.get("FAULT_SUITE_SENDERS", "32"))
+DEADLINE_S = 120 * max(1.0, WEBHOOKS / 2000)  # for each kill, and for the queue to settle
 FAULTS = {
     "error_rate": 0.20,
     "rate_limit_rate": 0.05,
@@ -54,7 +62,7 @@ WORKER_SETTINGS = {
     "BRIDGE_RETRY_MAX_DELAY_S": 0.5,
     "BRIDGE_JOB_TIMEOUT_S": 10,
     "BRIDGE_JOB_LEASE_S": 2,
-    "BRIDGE_WORKER_CONCURRENCY": 32,
+    "BRIDGE_WORKER_CONCURRENCY": int(os.environ.get("FAULT_SUITE_WORKER_CONCURRENCY", "32")),
     "BRIDGE_CIRCUIT_MIN_CALLS": 50,
     "BRIDGE_WORKER_PROBE_PORT": 0,
 }
@@ -150,7 +158,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 async def _when(condition: Callable[[], bool], action: Callable[[], Awaitable[None]]) -> None:
-    await until(condition, timeout_s=120, interval_s=0.05)
+    await until(condition, timeout_s=DEADLINE_S, interval_s=0.05)
     await action()
 
 
@@ -180,11 +188,14 @@ async def test_every_accepted_webhook_is_exactly_one_lead_through_faults_and_cra
     def answered(n: int) -> Callable[[], bool]:
         return lambda: len(provider.first_status) >= n
 
+    def share(fraction: float) -> int:
+        return round(WEBHOOKS * fraction)
+
     chaos = asyncio.gather(
-        _when(answered(250), lambda: cluster.kill_worker(0)),
-        _when(answered(700), cluster.restart_valkey),
-        _when(answered(1100), lambda: cluster.kill_worker(1)),
-        _when(answered(1600), lambda: cluster.kill_worker(0)),
+        _when(answered(share(0.125)), lambda: cluster.kill_worker(0)),
+        _when(answered(share(0.35)), cluster.restart_valkey),
+        _when(answered(share(0.55)), lambda: cluster.kill_worker(1)),
+        _when(answered(share(0.8)), lambda: cluster.kill_worker(0)),
         _when(answered(WEBHOOKS), lambda: cluster.kill_worker(1)),
     )
     await asyncio.gather(*(one(email) for email in emails))
@@ -196,7 +207,7 @@ async def test_every_accepted_webhook_is_exactly_one_lead_through_faults_and_cra
             keys.DLQ
         )
 
-    await until(settled, timeout_s=150, interval_s=0.2)
+    await until(settled, timeout_s=DEADLINE_S * 1.25, interval_s=0.2)
     wall_s = time.monotonic() - started
 
     # -- what the providers were told ---------------------------------------------------------
@@ -257,8 +268,12 @@ async def test_every_accepted_webhook_is_exactly_one_lead_through_faults_and_cra
         "table.entry.added": sum(added.values()),
         "failed attempts retried": retries,
         "kills": ", ".join(cluster.kills),
+        "senders": SENDERS,
+        "deliveries in flight per worker": WORKER_SETTINGS["BRIDGE_WORKER_CONCURRENCY"],
         "sending took (s)": round(sent_s, 1),
         "wall time (s)": round(wall_s, 1),
+        "webhooks accepted per second": round(WEBHOOKS / sent_s),
+        "leads delivered per second (wall)": round(WEBHOOKS / wall_s),
     }
     with capsys.disabled():
         print("\nfault suite:", *(f"  {k}: {v}" for k, v in figures.items()), sep="\n")
