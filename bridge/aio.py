@@ -30,7 +30,9 @@ def stop_if_cancelled() -> None:
     `wait_for`. A loop that goes on after such a call (a heartbeat, a lease renewal, a
     listener) then runs until the process is killed, and `asyncio.run` waits for it at exit.
     The task still counts the request (`Task.cancelling()`), so these loops look at it after
-    every Redis call."""
+    every Redis call. Python 3.12's `wait_for` (built on `asyncio.timeout`) keeps the
+    cancellation: with this check turned off, 18 of 70 workers stopped right after start took
+    the close timeout on 3.11 and none of 70 on 3.12 (2026-11-29). It stays for 3.11."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
