@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -278,6 +279,21 @@ async def test_a_patch_cut_by_a_drain_is_sent_again_with_its_first_body_though_t
     # replay would send it again).
     async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}) as pipe:
         await _send(pipe, "simple", {"id": 41, "email": "a@example.com"})  # created and linked
+        deliverer = pipe.runtime.deliverer
+        assert deliverer is not None
+        release = deliverer.ordering._release
+        released_while_cancelling: list[int] = []
+
+        async def watched_release(**kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            released_while_cancelling.append(task.cancelling())
+            return await release(**kwargs)
+
+        # The cut job lets go of the record's lock from a task that is not being cancelled: on
+        # Python 3.11.0-3.11.2 a Redis call made from the cancelled one raises CancelledError,
+        # and the rerun waited for the lock's lease (30 s) instead.
+        deliverer.ordering._release = watched_release  # type: ignore[method-assign]
         await pipe.set_faults(lost_response_rate=1.0, timeout_s=1.5)
         raw = orjson.dumps({"id": 41, "email": "b@example.com", "company": "Acme"})
         delivery = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
@@ -293,6 +309,7 @@ async def test_a_patch_cut_by_a_drain_is_sent_again_with_its_first_body_though_t
         pipe.runtime._worker.tasks[delivery].cancel()  # what a drain does to a running job
         assert await pipe.wait_status(delivery, "delivered", "dead") == "delivered"
         assert (await _only_entry(pipe))["data"] == {"email": "b@example.com"}  # the first body
+        assert released_while_cancelling == [0]
 
 
 async def test_an_upsert_of_a_linked_record_needs_no_create_body(crm: Pipeline) -> None:

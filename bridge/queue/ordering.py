@@ -403,7 +403,11 @@ class Ordering:
         finally:
             await cancel_and_wait(renewal)
             if not held.ended:
-                await self._release(keys=[step.lock], args=[token])
+                # In a task of its own: this one may be being cancelled (a drain, the job's time
+                # limit), and on Python 3.11.0-3.11.2 redis-py's zero timeout when it takes a
+                # pooled connection then raises CancelledError (gh-102780), so the lock would
+                # stay held, and the record wait, until its lease ran out.
+                await asyncio.shield(self._release(keys=[step.lock], args=[token]))
 
     async def link(self, held: Turn, entry_id: str) -> None:
         """Link the step's record to `entry_id` now, before the step ends (`end` links it too):
