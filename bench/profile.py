@@ -70,7 +70,10 @@ def ensure_py_spy() -> str:
     if found:
         return found
     log("installing py-spy into the venv")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy>=0.3.14"], check=True, timeout=600)
+    pins = ["-c", str(ROOT / "constraints.txt")]  # the version `./dev lock` pinned
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", *pins, "py-spy>=0.3.14"], check=True, timeout=600
+    )
     found = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not found:
         raise SystemExit("could not install py-spy")

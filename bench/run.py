@@ -72,7 +72,11 @@ def ensure_python_packages() -> None:
             missing.append(requirement)
     if missing:
         log(f"installing {', '.join(missing)} into the venv")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True, timeout=900)
+        # At the versions of constraints.txt (`./dev lock` pins leadbridge[bench] too).
+        pins = ["-c", str(ROOT / "constraints.txt")]
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *pins, *missing], check=True, timeout=900
+        )
 
 
 def compile_bytecode() -> None:
