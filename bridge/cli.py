@@ -26,10 +26,29 @@ SANDBOX_ENV = "sandbox.env"
 SANDBOX_URL_VARIABLE = "LEADBRIDGE_SANDBOX_URL"
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the installed distribution's version, looked up only when asked for
+    (importlib.metadata costs every process memory; the worker has little to spare)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("leadbridge")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: run ./dev)"
+        sys.stdout.write(f"leadbridge {version}\n")  # stdout, as argparse's own "version" action
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leadbridge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action=_VersionAction, help="print leadbridge's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="web + worker in one process (the laptop setup)")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,12 @@ def test_help_explains_the_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("run", "serve", "worker", "sandbox", "mappings", "dlq"):
         assert command in result.stdout
+
+
+def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
+    result = _leadbridge("--version", env=_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"leadbridge {metadata.version('leadbridge')}\n"
 
 
 @pytest.fixture
