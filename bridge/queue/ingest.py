@@ -95,8 +95,10 @@ for n = 0, count - 1 do
     out[#out + 1] = id
   end
 end
+-- Written in every batch, one of duplicates only too: a WAIT after it then covers everything
+-- written before (the first copies), not just this connection's own last write.
+redis.call('SET', KEYS[2], seq)
 if #queued > 0 then
-  redis.call('SET', KEYS[2], seq)
   redis.call('ZADD', KEYS[1], unpack(queued))
   for key, line in pairs(unplanned) do
     redis.call('ZADD', key, unpack(line))
@@ -292,7 +294,8 @@ class Accepter:
             self._wait_replicas and int(outcome[1]) < self._wait_replicas
         ):
             # Stored on the primary perhaps, but not known durable: the provider retries, and the
-            # retry is answered "duplicate" once the first copy exists, so nothing is lost.
+            # retry is answered "duplicate" once the first copy is known durable (its batch writes
+            # too, so its WAIT covers the first copy), so nothing is lost.
             self._fail(batch)
         else:
             self._answer(batch, outcome[0])
