@@ -106,6 +106,10 @@ def test_urlencoded_declared_charset_is_used() -> None:
         (b"name=%ff", "application/x-www-form-urlencoded"),
         (b"\xff=1", "application/x-www-form-urlencoded"),
         (b"a=1", "application/x-www-form-urlencoded; charset=no-such-charset"),
+        # Codecs of Python's that are no text encodings (bytes.decode raises LookupError).
+        (b"YT0x", "application/x-www-form-urlencoded; charset=base64"),
+        (b"613d31", "application/x-www-form-urlencoded; charset=hex"),
+        (b"a=1", "application/x-www-form-urlencoded; charset=rot13"),
     ],
 )
 def test_urlencoded_undecodable_is_invalid_body(body: bytes, content_type: str) -> None:

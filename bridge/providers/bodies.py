@@ -120,12 +120,17 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
 
 
 def _charset(params: dict[bytes, bytes]) -> str:
-    """The body's declared charset (default UTF-8); an unknown one is a 400."""
+    """The body's declared charset (default UTF-8); an unknown one is a 400, and so is one of
+    Python's codecs that is no text encoding (base64, hex, zlib, ...: `bytes.decode` refuses them)."""
     name = params.get(b"charset", b"utf-8").decode("latin-1").strip().strip('"') or "utf-8"
     try:
-        return codecs.lookup(name).name
+        codec = codecs.lookup(name)
     except LookupError:
         raise InvalidBody("unknown charset") from None
+    # What bytes.decode checks (a codec's own flag since Python 3.4), before it raises LookupError.
+    if not getattr(codec, "_is_text_encoding", True):
+        raise InvalidBody("unknown charset")
+    return codec.name
 
 
 def _collect(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
