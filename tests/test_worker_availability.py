@@ -244,6 +244,39 @@ async def test_jobs_are_claimed_in_batches_up_to_the_free_slots(redis_client: Re
         await redis_client.zrem(arq_adapter.QUEUE_KEY, *ids, "batch-later")
 
 
+async def test_claims_are_renewed_for_running_jobs_only(redis_client: Redis) -> None:
+    """A job that ended here but is still in `worker.tasks` (the poll loop sweeps them out, and a
+    saturated worker waits in `start_jobs` meanwhile) may have been given back and claimed by
+    another worker: renewing that claim would keep it alive after that worker died."""
+    release = asyncio.Event()
+
+    async def deliver(ctx: dict[str, object], delivery_id: str) -> str:
+        await release.wait()
+        return "delivered"
+
+    worker = _worker(deliver, redis_client, max_jobs=2, job_lease_s=0.6)
+    ended = asyncio.get_running_loop().create_future()
+    ended.set_result(None)
+    worker.tasks["renew-ended"] = ended  # ended here, not swept out yet
+    worker.tasks["renew-running"] = asyncio.create_task(deliver({}, "renew-running"))
+    claims = [arq_adapter.in_progress_key(i) for i in ("renew-ended", "renew-running")]
+    for claim in claims:
+        await redis_client.set(claim, b"1", px=600)  # the ended one: another worker's claim now
+
+    async def lapsed() -> bool:
+        return not await redis_client.exists(claims[0])
+
+    renewing = asyncio.create_task(arq_adapter._renew_claims(worker))
+    try:
+        await until(lapsed, timeout_s=5)
+        assert await redis_client.pttl(claims[1]) > 150  # renewed (every 200 ms), past its first 600 ms
+    finally:
+        release.set()
+        await cancel_and_wait(renewing)
+        await asyncio.gather(*worker.tasks.values())
+        await redis_client.delete(*claims)
+
+
 async def test_a_claim_reads_the_hashes_its_job_starts_with(redis_client: Redis) -> None:
     """With `preload`, the claim reads prefix + job id for each prefix (empty when missing) in
     its own round trip, and the job function receives them."""

@@ -337,7 +337,10 @@ async def _renew_claims(worker: Worker) -> None:
     lease_ms = int(worker.in_progress_timeout_s * 1000)
     while True:
         await asyncio.sleep(worker.in_progress_timeout_s / 3)
-        running = list(worker.tasks)
+        # Not a job that ended and that the poll loop has not swept out yet (a saturated worker
+        # waits in `start_jobs` meanwhile): it may be claimed by another worker by now, whose
+        # claim must lapse if that worker dies.
+        running = [job_id for job_id, task in worker.tasks.items() if not task.done()]
         if not running:
             continue
         try:
