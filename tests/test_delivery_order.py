@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from bridge.aio import cancel_and_wait
 from bridge.queue import arq_adapter, keys
 from bridge.queue.ingest import Accepter, Incoming
 from bridge.queue.ordering import Ordering, OrderWait, Pin, Registration, Step, pending_key, unplanned_key
@@ -171,6 +173,31 @@ async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Re
         started = time.monotonic()
         await until(renewed_past_its_lease, timeout_s=5)
     assert not await redis_client.exists(name)
+
+
+async def test_a_turn_cut_before_the_lock_was_answered_releases_it(redis_client: Redis) -> None:
+    """A job cut (a drain, its time limit) after the turn's script took the lock but before its
+    answer arrived: nobody knows that the lock is held, and the record would wait out the lease."""
+    ordering = Ordering(redis_client, retention_s=60, lease_s=30, wait_s=0.05)
+    name = keys.record(keys.LOCK, "link", "cut")
+    begin, answered = ordering._begin, asyncio.Event()
+
+    async def begin_answered_late(**arguments: Any) -> Any:
+        found = await begin(**arguments)  # the script ran: the lock is taken
+        answered.set()
+        await asyncio.Event().wait()  # its answer "still on the wire" when the job is cut
+        return found
+
+    ordering._begin = begin_answered_late  # type: ignore[method-assign]
+    turn = asyncio.create_task(_take_turn(ordering, "cut-1", 1, key="cut"))
+    await asyncio.wait_for(answered.wait(), timeout=5)
+    assert await redis_client.exists(name)
+    await cancel_and_wait(turn)
+
+    async def released() -> bool:
+        return not await redis_client.exists(name)
+
+    await until(released, timeout_s=5)  # not the lease's 30 s
 
 
 async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client: Redis) -> None:

@@ -367,7 +367,14 @@ class Ordering:
         deadline = time.monotonic() + self._wait_s
         pause = 0.005
         while True:
-            found = await self._begin(keys=look_names, args=look_args)
+            try:
+                found = await self._begin(keys=look_names, args=look_args)
+            except asyncio.CancelledError:
+                # Cut (a drain, the job's time limit) after the script may have taken the lock
+                # but before its answer came: release it under our token (a no-op if the script
+                # did not take it), shielded as below, rather than leave it held for the lease.
+                await asyncio.shield(self._release(keys=[step.lock], args=[token]))
+                raise
             look_names, look_args = names, args  # registered by the first look
             kind = int(found[0])
             if kind == DONE:
