@@ -494,9 +494,20 @@ class Deliverer:
         pin_first = ran_before or command.key is None
         if entry_id is None:
             return "created", await self._create(command, idem, on_created, pin_first, pinned)
-        if await self._patch(command, entry_id, idem + "p", pinned.get("p")):
-            return "patched", entry_id
-        return "skipped", entry_id
+        try:
+            patched = await self._patch(command, entry_id, idem + "p", pinned.get("p"))
+        except UpstreamError as exc:
+            if exc.status != 404 or command.action != "upsert":
+                raise
+            # The linked entry is gone upstream (deleted there, or a sandbox that restarted and
+            # forgot it): an upsert creates, and the create's link replaces the dead one. The
+            # create body is pinned before it goes (the turn pinned none: it found a link).
+            log.warning(
+                "linked entry not found upstream; creating a new one",
+                extra={**self._ids(record), "command": command.index},
+            )
+            return "created", await self._create(command, idem, on_created, True, {})
+        return ("patched" if patched else "skipped"), entry_id
 
     async def _create(
         self,

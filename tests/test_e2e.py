@@ -157,6 +157,28 @@ async def test_a_second_event_for_the_same_record_patches_it(pipe: Pipeline) -> 
     assert entries[0]["data"]["first_name"] == "Augusta"
 
 
+async def test_an_upsert_whose_linked_entry_is_gone_upstream_creates_a_new_one(pipe: Pipeline) -> None:
+    """The record's link outlives its entry (deleted upstream; here the sandbox's reset, as when
+    `run --sandbox` restarts with its in-memory sandbox): the patch answers 404, and an upsert
+    then creates, once, and links the new entry, instead of dead-lettering every later event."""
+    first = await pipe.send_signed(CONTACT)
+    await pipe.wait_status(first.json()["delivery_id"], "delivered")
+    gone = (await pipe.entries())[0]["id"]
+    assert (await pipe.http.post(f"{pipe.sandbox_url}/sandbox/reset")).status_code == 200
+    update = {"type": "contact.submitted", "data": {"email": "ada@example.com", "first_name": "Augusta"}}
+    second = await pipe.send_signed(update)
+    await pipe.wait_status(second.json()["delivery_id"], "delivered")
+    entries = await pipe.entries()
+    assert len(entries) == 1
+    assert entries[0]["id"] != gone
+    assert entries[0]["data"] == {"email": "ada@example.com", "first_name": "Augusta"}
+    assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+    # The new entry is the linked one now: the next event patches it.
+    third = await pipe.send_signed({**update, "data": {**update["data"], "first_name": "Ada"}})
+    await pipe.wait_status(third.json()["delivery_id"], "delivered")
+    assert [(e["id"], e["data"]["first_name"]) for e in await pipe.entries()] == [(entries[0]["id"], "Ada")]
+
+
 async def test_health_and_readiness(pipe: Pipeline) -> None:
     assert (await pipe.http.get(f"{pipe.url}/healthz")).status_code == 200
     ready = await pipe.http.get(f"{pipe.url}/readyz")
