@@ -24,6 +24,10 @@ Start here:  leadbridge run --sandbox   (everything local: embedded Valkey, a sa
 
 SANDBOX_ENV = "sandbox.env"
 SANDBOX_URL_VARIABLE = "LEADBRIDGE_SANDBOX_URL"
+SANDBOX_VALUES_HELP = (
+    f"variables left unset take the demo values of {SANDBOX_ENV} beside the mappings, as with "
+    "`run --sandbox` (the shipped mappings need them)"
+)
 
 
 class _VersionAction(argparse.Action):
@@ -76,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "path", nargs="?", type=Path, default=None, help="file or folder (default: BRIDGE_MAPPINGS)"
     )
+    validate.add_argument("--sandbox", action="store_true", help=SANDBOX_VALUES_HELP)
     test = msub.add_parser(
         "test", help="print the lead commands a mapping makes from a payload; calls nothing (but --resolve)"
     )
@@ -84,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--header", action="append", default=[], metavar="K:V", help="a request header, repeatable"
     )
+    test.add_argument("--sandbox", action="store_true", help=SANDBOX_VALUES_HELP)
     test.add_argument(
         "--resolve",
         action="store_true",
@@ -116,14 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sandbox_environ(settings: Settings, sandbox_url: str | None = None) -> dict[str, str]:
-    """The environment plus the demo values of `mappings/sandbox.env` for variables left unset.
-    Those values may refer to `${LEADBRIDGE_SANDBOX_URL}`: the sandbox's URL, when it runs."""
+def sandbox_env_file(mappings_path: Path) -> Path:
+    """The demo values beside the mappings (a folder, or the folder of one file)."""
+    return (mappings_path if mappings_path.is_dir() else mappings_path.parent) / SANDBOX_ENV
+
+
+def sandbox_environ(
+    settings: Settings, sandbox_url: str | None = None, mappings_path: Path | None = None
+) -> dict[str, str]:
+    """The environment plus the demo values of `mappings/sandbox.env` (beside `mappings_path`,
+    default BRIDGE_MAPPINGS) for variables left unset. Those values may refer to
+    `${LEADBRIDGE_SANDBOX_URL}`: the sandbox's URL, when it runs."""
     environ = dict(os.environ)
     if sandbox_url is not None:
         environ[SANDBOX_URL_VARIABLE] = sandbox_url
-    folder = settings.mappings_path if settings.mappings_path.is_dir() else settings.mappings_path.parent
-    env_file = folder / SANDBOX_ENV
+    env_file = sandbox_env_file(mappings_path or settings.mappings_path)
     if env_file.is_file():
         from bridge.mapping.env import read_env_file
 
@@ -206,9 +219,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _mappings(args: argparse.Namespace, settings: Settings) -> int:
     from bridge import mapping_cli
 
-    environ: Mapping[str, str] = os.environ
+    path: Path = settings.mappings_path
+    if args.mappings_command == "validate" and args.path is not None:
+        path = args.path
+    environ: Mapping[str, str] = sandbox_environ(settings, mappings_path=path) if args.sandbox else os.environ
+    env_file = sandbox_env_file(path)
+    hint = None  # shown when a variable is unset and the demo values are there to be had
+    if not args.sandbox and env_file.is_file():
+        hint = f"add --sandbox to use the demo values of {env_file}"
     if args.mappings_command == "validate":
-        return mapping_cli.validate(args.path or settings.mappings_path, environ, sys.stdout)
+        return mapping_cli.validate(path, environ, sys.stdout, unset_hint=hint)
     headers = {}
     for item in args.header:
         key, sep, value = item.partition(":")
@@ -223,7 +243,7 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
         )
         upstream = mapping_cli.Upstream(base_url, key.get_secret_value())
     return mapping_cli.dry_run(
-        args.name, args.payload, headers, settings.mappings_path, environ, sys.stdout, resolve=upstream
+        args.name, args.payload, headers, path, environ, sys.stdout, resolve=upstream, unset_hint=hint
     )
 
 

@@ -16,7 +16,7 @@ custom field names resolved to ids; an unknown name is an error, as it would be 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,11 +48,21 @@ def guess_content_type(payload_file: Path) -> str:
     return CONTENT_TYPES.get(payload_file.suffix.lower(), "application/json")
 
 
-def validate(path: Path, environ: Mapping[str, str], out: TextIO) -> int:
-    """Check every mapping at `path`; 0 when all are valid (warnings allowed), else 1."""
-    result = load_all(path, environ)
-    for line in result.problems:
+UNSET = "is not set and has no default"  # how a mapping's problem with an unset variable reads
+
+
+def _problems(problems: Sequence[str], out: TextIO, unset_hint: str | None) -> None:
+    for line in problems:
         out.write(f"error: {line}\n")
+    if unset_hint and any(UNSET in line for line in problems):
+        out.write(f"hint: {unset_hint}\n")
+
+
+def validate(path: Path, environ: Mapping[str, str], out: TextIO, unset_hint: str | None = None) -> int:
+    """Check every mapping at `path`; 0 when all are valid (warnings allowed), else 1.
+    `unset_hint`: a line to add when a variable a mapping references is unset."""
+    result = load_all(path, environ)
+    _problems(result.problems, out, unset_hint)
     for line in result.warnings:
         out.write(f"warning: {line}\n")
     if result.problems:
@@ -86,6 +96,7 @@ def dry_run(
     environ: Mapping[str, str],
     out: TextIO,
     resolve: Upstream | None = None,
+    unset_hint: str | None = None,
 ) -> int:
     """Plan one payload with mapping `name` and print the Plan as JSON; calls nothing. With
     `resolve`, also read each command's table (GET only) and print the request bodies the
@@ -93,9 +104,7 @@ def dry_run(
     result = load_all(mappings_path, environ)
     mapping = next((m for m in result.mappings if m.name == name), None)
     if mapping is None:
-        if result.problems:
-            for line in result.problems:
-                out.write(f"error: {line}\n")
+        _problems(result.problems, out, unset_hint)
         known = ", ".join(m.name for m in result.mappings) or "none"
         out.write(f"error: no valid mapping named {name!r} in {mappings_path} (valid: {known})\n")
         return 1

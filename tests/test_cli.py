@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +84,25 @@ def test_version_is_the_installed_distributions(tmp_path: Path) -> None:
     result = _leadbridge("--version", env=_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"leadbridge {metadata.version('leadbridge')}\n"
+
+
+def test_the_quickstarts_dry_run_takes_the_demo_values_with_sandbox(tmp_path: Path) -> None:
+    """README, Quickstart: `mappings test --sandbox` works on a fresh clone with nothing set; without
+    --sandbox, each unset variable is named, and a hint says where the demo values are."""
+    env = {k: v for k, v in _env(tmp_path).items() if not k.endswith("_SECRET")}
+    sample = "mappings/samples/website-contact.json"
+    result = _leadbridge("mappings", "test", "--sandbox", "website-contact", sample, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert orjson.loads(result.stdout)["commands"][0]["mapping"] == "website-contact"
+    result = _leadbridge("mappings", "test", "website-contact", sample, env=env)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    unset = "environment variable WEBSITE_CONTACT_SECRET is not set and has no default"
+    assert f"error: mappings/website-contact.yaml:13: verify.secret: {unset}" in lines
+    assert lines.count("hint: add --sandbox to use the demo values of mappings/sandbox.env") == 1
+    result = _leadbridge("mappings", "validate", "--sandbox", env=env)
+    assert result.returncode == 0, result.stdout
+    assert "hint:" not in result.stdout
 
 
 @pytest.fixture

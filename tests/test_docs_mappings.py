@@ -38,7 +38,7 @@ PLACEHOLDER = "doc-example-placeholder-value"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 SAVED_AS = re.compile(r"^# broken copy of .*, saved as (/tmp/\S+\.yaml)\n")
 TRANSFORM_ROW = re.compile(r"^\| `(.+)` \| `(.+)` \| `(.+)` \|$", re.MULTILINE)
-DRY_RUN = "leadbridge mappings test website-contact tests/fixtures/payloads/website-contact.json"
+DRY_RUN = "leadbridge mappings test --sandbox website-contact tests/fixtures/payloads/website-contact.json"
 
 
 @dataclass(frozen=True)
