@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -60,6 +61,12 @@ def send_sample(
             f"not {mapping.provider_name}"
         )
     base = url or f"http://{settings.host}:{settings.port}"
-    response = httpx.post(f"{base.rstrip('/')}/hooks/{name}", content=body, headers=headers, timeout=10)
-    print(f"POST {base.rstrip('/')}/hooks/{name} -> {response.status_code} {response.text}")
+    target = f"{base.rstrip('/')}/hooks/{name}"
+    try:
+        response = httpx.post(target, content=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        print(f"leadbridge: error: POST {target}: {reason} (is leadbridge running there?)", file=sys.stderr)
+        return 1
+    print(f"POST {target} -> {response.status_code} {response.text}")
     return 0 if response.is_success else 1

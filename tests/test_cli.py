@@ -105,6 +105,17 @@ def test_the_quickstarts_dry_run_takes_the_demo_values_with_sandbox(tmp_path: Pa
     assert "hint:" not in result.stdout
 
 
+def test_send_sample_to_a_bridge_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    result = _leadbridge("send-sample", "website-contact", "--url", url, env=_env(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"leadbridge: error: POST {url}/hooks/website-contact: ")
+    assert lines[0].endswith("(is leadbridge running there?)")
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, dict[str, str]]]:
     """`leadbridge run --sandbox` as the README says, on free ports."""
