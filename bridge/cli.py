@@ -150,13 +150,20 @@ def sandbox_environ(
 
 
 @contextmanager
-def queue_url(settings: Settings) -> Iterator[str]:
-    """REDIS_URL, or the embedded Valkey server (started, or attached to if one is running)."""
+def queue_url(settings: Settings, *, existing: bool = False) -> Iterator[str]:
+    """REDIS_URL, or the embedded Valkey server (started, or attached to if one is running).
+    `existing`: only a store that has been created in BRIDGE_DATA_DIR before (a command that
+    reads the queue, such as `dlq list`, would otherwise report an empty new one)."""
     if settings.redis_url:
         yield settings.redis_url
         return
     from bridge.queue.embedded import EmbeddedValkey
 
+    if existing and not EmbeddedValkey(settings.data_dir).exists():
+        raise ConfigError(
+            f"no leadbridge store in {settings.data_dir.resolve()} (BRIDGE_DATA_DIR): run this where "
+            "`leadbridge run` runs, or set BRIDGE_DATA_DIR or REDIS_URL to its store"
+        )
     with EmbeddedValkey(settings.data_dir) as server:
         yield server.url
 
@@ -205,7 +212,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dlq":
         from bridge import dlq_cli
 
-        with queue_url(settings) as url:
+        with queue_url(settings, existing=True) as url:
             return asyncio.run(dlq_cli.run(args, settings, url))
     if args.command == "send-sample":
         from bridge.samples import send_sample

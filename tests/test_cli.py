@@ -116,6 +116,16 @@ def test_send_sample_to_a_bridge_that_is_not_there_is_one_line(tmp_path: Path) -
     assert lines[0].endswith("(is leadbridge running there?)")
 
 
+def test_dlq_where_no_store_was_ever_made_says_so_and_makes_none(tmp_path: Path) -> None:
+    """Not "the dead-letter queue is empty" from a new store started in the wrong folder."""
+    result = _leadbridge("dlq", "list", env=_env(tmp_path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"leadbridge: error: no leadbridge store in {tmp_path / 'data'} ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, dict[str, str]]]:
     """`leadbridge run --sandbox` as the README says, on free ports."""

@@ -104,6 +104,10 @@ class EmbeddedValkey:
     def _state_file(self) -> Path:
         return self._dir / "server.json"
 
+    def exists(self) -> bool:
+        """Whether a server has ever run for this data dir (its folder is there)."""
+        return self._dir.is_dir()
+
     def start(self) -> EmbeddedValkey:
         self._dir.mkdir(parents=True, exist_ok=True)
         if self._attach_existing():
