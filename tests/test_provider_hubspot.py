@@ -146,6 +146,31 @@ def test_public_url_is_what_hubspot_signed() -> None:
     provider(public_url=public).verify(request(query_headers, url=internal + "?portal=62515"), NOW_S)
 
 
+def test_tls_ended_at_a_proxy_the_https_form_of_the_url_as_received_is_accepted() -> None:
+    """HubSpot calls https://; where TLS ends at an ingress whose X-Forwarded-Proto uvicorn does
+    not trust (FORWARDED_ALLOW_IPS unset), the app sees http:// with the same host and path. The
+    scheme is all that is tried besides: another host, path or query is still refused."""
+    public = "https://leads.example.com/hooks/hubspot?portal=62515"
+    timestamp = int(NOW_S * 1000)
+    v3 = v3_headers(SDK_SECRET, "POST", public, BODY, timestamp)
+    provider().verify(request(v3, url=public.replace("https://", "http://")), NOW_S)
+    for other in (
+        "http://leads.example.org/hooks/hubspot?portal=62515",
+        "http://leads.example.com/hooks/other?portal=62515",
+        "http://leads.example.com/hooks/hubspot?portal=62516",
+    ):
+        with pytest.raises(Unauthorized):
+            provider().verify(request(v3, url=other), NOW_S)
+    # With public_url, that is the URI, and only that.
+    with pytest.raises(Unauthorized):
+        provider(public_url="http://leads.example.com/hooks/hubspot").verify(
+            request(v3, url=public.replace("https://", "http://")), NOW_S
+        )
+    source = SDK_SECRET.encode() + b"POST" + public.encode() + BODY
+    v2 = {"X-HubSpot-Signature-Version": "v2", "X-HubSpot-Signature": hashlib.sha256(source).hexdigest()}
+    provider(versions=["v2"]).verify(request(v2, url=public.replace("https://", "http://")), NOW_S)
+
+
 def test_public_url_must_be_absolute() -> None:
     for bad in ("/hooks/hubspot", "ftp://x.example/h", "leads.example.com/hooks"):
         with pytest.raises(ValidationError):

@@ -18,7 +18,7 @@ Only the versions listed in `versions` (default `[v3]`) are accepted; v1 and v2 
 timestamp, so a captured request can be replayed: enable them only for apps that need them.
 The URI is `public_url` — the URL HubSpot calls, for when a proxy or ingress rewrites what the
 app sees (the request's query string is appended when `public_url` has none) — else the URL
-as received. A delivery is a JSON array of events. HubSpot says an `eventId` "is not guaranteed
+as received, and its https form when it was received as http (TLS ended at a proxy). A delivery is a JSON array of events. HubSpot says an `eventId` "is not guaranteed
 to be unique" and one target URL receives the events of every portal that installed the app, so
 each event is named `{portalId}:{subscriptionId}:{eventId}` (all three stable across retries;
 `attemptNumber` is not used); the event id is these names, sorted and joined (hashed when long).
@@ -98,6 +98,17 @@ class HubSpotProvider(Provider[HubSpotOptions]):
             return f"{public_url}?{query}"
         return public_url
 
+    def uris(self, request: InboundRequest) -> list[str]:
+        """The URIs HubSpot may have signed. HubSpot calls HTTPS target URLs; where TLS ends at a
+        proxy or ingress, the app sees `http://` (uvicorn trusts X-Forwarded-Proto only from
+        127.0.0.1 unless FORWARDED_ALLOW_IPS is set), so without `public_url` the https form of
+        the received URL is tried too. The scheme flip gives a forger nothing: the HMAC still
+        covers host, path, query, body and timestamp."""
+        uri = self.uri(request)
+        if self.options.public_url is None and uri.startswith("http://"):
+            return [uri, "https://" + uri[len("http://") :]]
+        return [uri]
+
     def verify(self, request: InboundRequest, now_s: float) -> Verified:
         self.check_content_type(request)
         legacy_version = request.headers.get("x-hubspot-signature-version", "")
@@ -114,18 +125,22 @@ class HubSpotProvider(Provider[HubSpotOptions]):
         given = [header(request, "X-HubSpot-Signature-v3").encode()]
         raw_ts = header(request, "X-HubSpot-Request-Timestamp")
         check_fresh(integer_timestamp(raw_ts) / 1000, now_s, self.options.tolerance_s)
-        uri = decode_v3_uri(self.uri(request))
-        message = (request.method + uri).encode() + request.body + raw_ts.encode()
-        expected = [base64.b64encode(digest(secret, message)) for secret in self._secrets]
+        messages = [
+            (request.method + decode_v3_uri(uri)).encode() + request.body + raw_ts.encode()
+            for uri in self.uris(request)
+        ]
+        expected = [base64.b64encode(digest(secret, m)) for m in messages for secret in self._secrets]
         if not any_equal(given, expected):
             raise Unauthorized("no matching signature")
 
     def _verify_legacy(self, request: InboundRequest, version: Version) -> None:
         given = [header(request, "X-HubSpot-Signature").lower().encode()]
-        signed = request.body
+        signed = [request.body]
         if version == "v2":
-            signed = (request.method + self.uri(request)).encode() + request.body
-        expected = [hashlib.sha256(secret + signed).hexdigest().encode() for secret in self._secrets]
+            signed = [(request.method + uri).encode() + request.body for uri in self.uris(request)]
+        expected = [
+            hashlib.sha256(secret + text).hexdigest().encode() for text in signed for secret in self._secrets
+        ]
         if not any_equal(given, expected):
             raise Unauthorized("no matching signature")
 
