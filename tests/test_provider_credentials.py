@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from bridge.errors import InvalidBody, Unauthorized, UnsupportedMediaType
+from bridge.http.hooks import _Query
 from bridge.providers import InboundRequest, build_provider
 from bridge.providers.base import body_hash
 
@@ -149,6 +150,21 @@ def test_token_from_query_or_header(name: str) -> None:
     ):
         with pytest.raises(Unauthorized):
             provider.verify(request(body, headers | extra, query), NOW_S)
+
+
+@pytest.mark.parametrize("name", ["token", "jotform"])
+def test_a_url_token_with_a_plus_as_pasted_into_the_vendors_settings(name: str) -> None:
+    """`openssl rand -base64` tokens hold `+`. A vendor calls the URL as pasted, where `+` is a
+    literal plus (RFC 3986), while the query is parsed as a form (`+` is a space): both read."""
+    headers = JSON if name == "token" else {"content-type": "application/x-www-form-urlencoded"}
+    body = b'{"a": 1}' if name == "token" else b"submissionID=1"
+    token = "q7C+9x/Zr2Lw+Yk1bQ=="
+    provider = build_provider(name, {"token": token})
+    for raw in (b"token=q7C+9x/Zr2Lw+Yk1bQ==", b"token=q7C%2B9x%2FZr2Lw%2BYk1bQ%3D%3D"):
+        provider.verify(request(body, headers, _Query(raw)), NOW_S)  # type: ignore[arg-type]
+    for raw in (b"token=q7C+9x/Zr2Lw+Yk1bQ=", b"token=q7C-9x/Zr2Lw+Yk1bQ==", b"token=q7C9x/Zr2Lw+Yk1bQ=="):
+        with pytest.raises(Unauthorized):
+            provider.verify(request(body, headers, _Query(raw)), NOW_S)  # type: ignore[arg-type]
 
 
 def test_token_header_name_is_configurable() -> None:

@@ -85,12 +85,15 @@ class TokenOptions(ProviderOptions):
 
 
 def check_token(request: InboundRequest, options: TokenOptions) -> None:
-    """The request carries one of the configured tokens (query `token` or the header)."""
-    given = [
-        value.encode()
-        for value in (request.query.get("token", ""), request.headers.get(options.header.lower(), ""))
-        if value
-    ]
+    """The request carries one of the configured tokens (query `token` or the header).
+
+    The query is parsed as a form ('+' is a space), but vendors that cannot sign (Jotform,
+    Salesforce) call the URL exactly as pasted, where '+' is a literal plus (RFC 3986): a token
+    with '+' (base64) is also tried with its spaces read back as '+'. A URL cannot carry a raw
+    space, so this only ever adds the spelling the operator typed."""
+    query_token = request.query.get("token", "")
+    candidates = (query_token, query_token.replace(" ", "+"), request.headers.get(options.header.lower(), ""))
+    given = list(dict.fromkeys(value.encode() for value in candidates if value))
     if not given or not any_equal(given, secrets_of(options.token)):
         raise Unauthorized("token missing or wrong")
 

@@ -17,11 +17,12 @@ vectors the tests reproduce).
 Only the versions listed in `versions` (default `[v3]`) are accepted; v1 and v2 sign no
 timestamp, so a captured request can be replayed: enable them only for apps that need them.
 The URI is `public_url` — the URL HubSpot calls, for when a proxy or ingress rewrites what the
-app sees (the request's query string is appended when `public_url` has none) — else the URL
-as received, and its https form when it was received as http (TLS ended at a proxy). A delivery is a JSON array of events. HubSpot says an `eventId` "is not guaranteed
-to be unique" and one target URL receives the events of every portal that installed the app, so
-each event is named `{portalId}:{subscriptionId}:{eventId}` (all three stable across retries;
-`attemptNumber` is not used); the event id is these names, sorted and joined (hashed when long).
+app sees (the request's query string is appended when `public_url` has none) — else the URL as
+received, and its https form when it was received as http (TLS ended at a proxy). A delivery is
+a JSON array of events. HubSpot says an `eventId` "is not guaranteed to be unique" and one
+target URL receives the events of every portal that installed the app, so each event is named
+`{portalId}:{subscriptionId}:{eventId}` (all three stable across retries; `attemptNumber` is not
+used); the event id is these names, sorted and joined (hashed when long).
 """
 
 from __future__ import annotations
