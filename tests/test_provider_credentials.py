@@ -298,7 +298,8 @@ def test_hmac_millisecond_timestamps_and_literal_braces() -> None:
         {"signed": "{body"},
         {"algorithm": "md5"},
         {"encoding": "base32"},
-        {"timestamp_unit": "us", "timestamp_header": "X-Ts"},
+        {"timestamp_unit": "us", "timestamp_header": "X-Ts", "signed": "{timestamp}.{body}"},
+        {"timestamp_header": "X-Ts"},  # a timestamp whose age is checked but that is not signed
         {"tolerance_s": 0},
         {"header": ""},
     ],

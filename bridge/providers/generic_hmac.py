@@ -4,7 +4,8 @@ The signature header (`header`) holds `prefix` + the `encoding` (hex or base64) 
 HMAC-`algorithm`(secret, signed content). The signed content is the `signed` template with
 `{body}` replaced by the raw body bytes and `{timestamp}` by the `timestamp_header` value as
 sent, e.g. `"{timestamp}.{body}"` (Stripe-like) — `{body}` must appear exactly once, `{timestamp}`
-needs `timestamp_header`. With a timestamp header, timestamps (`timestamp_unit` s or ms) more
+needs `timestamp_header`, and `timestamp_header` needs `{timestamp}` (an unsigned timestamp
+stops no replay). With a timestamp header, timestamps (`timestamp_unit` s or ms) more
 than `tolerance_s` away from now in either direction are refused. The header may carry several
 signatures separated by commas or spaces (rotation on the sender's side); any match passes.
 Hex is compared case-insensitively. Any JSON, urlencoded or multipart body is accepted (see
@@ -63,6 +64,12 @@ class HmacOptions(GenericBodyOptions):
             raise ValueError("signed: must contain {body} exactly once")
         if "timestamp" in fields and self.timestamp_header is None:
             raise ValueError("signed: {timestamp} needs timestamp_header")
+        if self.timestamp_header is not None and "timestamp" not in fields:
+            # Its age would be checked, but anyone could send a fresh one with a captured body.
+            raise ValueError(
+                "timestamp_header: the timestamp is not signed, so checking its age stops no replay; "
+                "put {timestamp} in signed (e.g. '{timestamp}.{body}')"
+            )
         return self
 
 
