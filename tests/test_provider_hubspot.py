@@ -101,12 +101,19 @@ def test_only_configured_versions_are_accepted() -> None:
     provider(versions=["v3", "v1"]).verify(request(v1, body=SDK_BODY), NOW_S)
 
 
-def test_v3_wrong_signature_is_not_rescued_by_a_legacy_one() -> None:
+@pytest.mark.parametrize("versions", [["v3", "v1"], ["v1", "v3"]])
+def test_v3_wrong_signature_is_not_rescued_by_a_legacy_one(versions: list[str]) -> None:
+    """Whatever the order of `versions`: a request with a v3 signature is judged by it alone
+    (v1 signs no timestamp, so a captured request would pass again)."""
     timestamp = int(NOW_S * 1000)
-    headers = v3_headers("wrong secret", "POST", SDK_URL, SDK_BODY, timestamp)
-    headers |= {"X-HubSpot-Signature-Version": "v1", "X-HubSpot-Signature": SDK_V1}
+    legacy = {"X-HubSpot-Signature-Version": "v1", "X-HubSpot-Signature": SDK_V1}
+    headers = v3_headers("wrong secret", "POST", SDK_URL, SDK_BODY, timestamp) | legacy
     with pytest.raises(Unauthorized):
-        provider(versions=["v3", "v1"]).verify(request(headers, body=SDK_BODY), NOW_S)
+        provider(versions=versions).verify(request(headers, body=SDK_BODY), NOW_S)
+    replayed = v3_headers(SDK_SECRET, "POST", SDK_URL, SDK_BODY, timestamp) | legacy
+    provider(versions=versions).verify(request(replayed, body=SDK_BODY), NOW_S)
+    with pytest.raises(Unauthorized):  # the same request an hour later
+        provider(versions=versions).verify(request(replayed, body=SDK_BODY), NOW_S + 3600)
 
 
 def test_v3_timestamp_tolerance_both_ways() -> None:

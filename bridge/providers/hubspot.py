@@ -113,7 +113,9 @@ class HubSpotProvider(Provider[HubSpotOptions]):
     def verify(self, request: InboundRequest, now_s: float) -> Verified:
         self.check_content_type(request)
         legacy_version = request.headers.get("x-hubspot-signature-version", "")
-        for version in self.options.versions:
+        # The strongest signature present decides, whatever the order of `versions`: a request
+        # that carries v3 (signed with a timestamp) is never let through on its v1 or v2.
+        for version in sorted(set(self.options.versions), reverse=True):
             if version == "v3" and "x-hubspot-signature-v3" in request.headers:
                 self._verify_v3(request, now_s)
                 return Verified(request=request, provider=self.name, facts={"signature": "v3"})
