@@ -291,14 +291,14 @@ class Deliverer:
         )
         attempts = await deliveries.record_attempt(self.redis, record, attempt, "retrying")
         if not exc.retryable:
-            return await self._dead(record, exc.message, command, recorded=True)
+            return await self._dead(record, exc.message, command, recorded=True, status=exc.status)
         age_s = record.retry_age_s(time.time())
         delay = self.policy.next_delay_s(
             attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=isinstance(exc, WaitForLink)
         )
         if delay is None or self._outlives_record(record, delay):
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
-            return await self._dead(record, reason, command, recorded=True)
+            return await self._dead(record, reason, command, recorded=True, status=exc.status)
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")
         log.info(
@@ -313,9 +313,17 @@ class Deliverer:
         raise Retry(defer=delay)
 
     async def _dead(
-        self, record: DeliveryRecord, reason: str, command: LeadCommand | None, *, recorded: bool = False
+        self,
+        record: DeliveryRecord,
+        reason: str,
+        command: LeadCommand | None,
+        *,
+        recorded: bool = False,
+        status: int | None = None,
     ) -> str:
-        """Dead-letter the delivery; unless `_failed` already did, log this attempt in its history."""
+        """Dead-letter the delivery; unless `_failed` already did, log this attempt in its history.
+        The log line names the command and the upstream's status, not the reason (it may quote a
+        lead's values: `dlq show` has it)."""
         if not recorded:
             attempt = Attempt(
                 at=time.time(), error=reason, retryable=False, command=command.index if command else None
@@ -330,7 +338,7 @@ class Deliverer:
         self.metrics.count_command(record.mapping, action, "dead")
         log.warning(
             "delivery dead-lettered",
-            extra={**self._ids(record), "command": command.index if command else None},
+            extra={**self._ids(record), "command": command.index if command else None, "status": status},
         )
         return "dead"
 
