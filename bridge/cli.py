@@ -282,6 +282,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
         port = args.sandbox_port if args.sandbox_port is not None else default_port
         sandbox_sock = bind(settings.host, port)
         environ = sandbox_environ(settings, f"http://{settings.host}:{sandbox_sock.getsockname()[1]}")
+        _warn_if_shared(settings)
     with queue_url(settings) as url:
         run_event_loop(
             run_all(
@@ -297,3 +298,21 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
             fast_loop=args.command != "worker",
         )
     return 0
+
+
+def _warn_if_shared(settings: Settings) -> None:
+    """`run --sandbox` beside another leadbridge on the same embedded Valkey: one queue, two
+    sandboxes, and either worker delivers either's webhooks. Allowed (a second process can be
+    meant to share the queue), but said."""
+    if settings.redis_url:
+        return
+    from bridge.queue.embedded import EmbeddedValkey
+
+    owner = EmbeddedValkey(settings.data_dir).running_owner()
+    if owner is not None:
+        print(
+            f"leadbridge: warning: another leadbridge (pid {owner}) runs the queue in "
+            f"{settings.data_dir.resolve()}; this run shares it, so either one's worker may deliver "
+            "the other's webhooks, to its own sandbox. For a separate pipeline, set BRIDGE_DATA_DIR.",
+            file=sys.stderr,
+        )

@@ -168,6 +168,38 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, d
         process.stdout.close()
 
 
+def test_a_second_run_sandbox_on_the_same_queue_is_warned_about(
+    running: tuple[subprocess.Popen[str], str, str, dict[str, str]],
+) -> None:
+    first, _, _, env = running
+    second = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--sandbox", "--sandbox-port", "0"],
+        cwd=REPO,
+        env=env | {"BRIDGE_PORT": str(_free_port())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert second.stdout is not None
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("send-sample" in line for line in lines):
+            line = second.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        warned = [line for line in lines if line.startswith("leadbridge: warning: another leadbridge")]
+        assert len(warned) == 1, "".join(lines)
+        assert f"(pid {first.pid})" in warned[0]
+        assert "BRIDGE_DATA_DIR" in warned[0]
+    finally:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait(timeout=10)
+        second.stdout.close()
+
+
 def test_run_sandbox_first_webhook_makes_one_lead(
     running: tuple[subprocess.Popen[str], str, str, dict[str, str]],
 ) -> None:

@@ -164,12 +164,27 @@ class EmbeddedValkey:
         self._state_file.write_text(json.dumps(state))
         return self
 
-    def _attach_existing(self) -> bool:
+    def running_owner(self) -> int | None:
+        """The pid of the live leadbridge process whose server runs for this data dir, if any."""
+        state = self._state()
+        if state is None:
+            return None
+        pid, sock, owner = state
+        return owner if _pid_alive(owner) and _pid_alive(pid) and _ping(sock) else None
+
+    def _state(self) -> tuple[int, Path, int] | None:
+        """(server pid, socket, owner pid) as the server's starter wrote them, if readable."""
         try:
             state = json.loads(self._state_file.read_text())
-            pid, sock, owner = int(state["pid"]), Path(state["socket"]), int(state["owner_pid"])
+            return int(state["pid"]), Path(state["socket"]), int(state["owner_pid"])
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _attach_existing(self) -> bool:
+        state = self._state()
+        if state is None:
             return False
+        pid, sock, owner = state
         if _pid_alive(owner) and _pid_alive(pid) and _ping(sock):
             self.socket_path = sock
             return True
