@@ -1,0 +1,49 @@
+"""Shipped mappings against sequences of webhooks their vendors document (reschedules, reordering)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from bridge.mapping import load_mappings
+from bridge.mapping.env import read_env_file
+
+ROOT = Path(__file__).parent.parent
+MAPPINGS = ROOT / "mappings"
+PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
+
+
+def shipped(name: str) -> Any:
+    compiled = load_mappings(MAPPINGS / f"{name}.yaml", read_env_file(MAPPINGS / "sandbox.env")).get(name)
+    assert compiled is not None
+    return compiled
+
+
+async def test_calendly_reschedule_does_not_mark_the_lead_lost() -> None:
+    """Calendly, "Webhook Payloads for Rescheduled Events"
+    (https://developer.calendly.com/docs/api-guides/see-how-webhook-payloads-change-when-invitees-reschedule-events):
+    when an invitee reschedules, BOTH invitee.created (the new booking) and invitee.canceled (the
+    old one, with `rescheduled: true` and `new_invitee` set) are sent. The person still has a
+    meeting: the cancellation half of a reschedule must not move the lead to Lost."""
+    mapping = shipped("calendly-booking")
+    created = json.loads((PAYLOADS / "calendly-booking.json").read_text())
+    canceled = copy.deepcopy(created)
+    canceled["event"] = "invitee.canceled"
+    canceled["payload"]["status"] = "canceled"
+    canceled["payload"]["rescheduled"] = True
+    canceled["payload"]["new_invitee"] = (
+        "https://api.calendly.com/scheduled_events/NEWEVENT/invitees/NEWINVITEE"
+    )
+    canceled["payload"]["cancellation"] = {"canceled_by": "Jo", "canceler_type": "invitee", "reason": None}
+
+    plan = await mapping.plan(canceled)
+    states = [command.state for command in plan.commands]
+    assert "Lost" not in states, f"a reschedule's invitee.canceled gives state {states}"
+
+    # a real cancellation (rescheduled: false) still marks the lead Lost
+    canceled["payload"]["rescheduled"] = False
+    canceled["payload"]["new_invitee"] = None
+    plan = await mapping.plan(canceled)
+    assert [command.state for command in plan.commands] == ["Lost"]
