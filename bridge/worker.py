@@ -373,7 +373,7 @@ class Deliverer:
             await self._record_done(record, command, entry_id or outcome, _pins(idem))
             self._count(record, command, outcome)
             return False
-        step = Step(record.id, record.seq, command.link, command.key, command.index)
+        step = Step(record.id, record.seq, command.link, command.key, command.index, command.order_scope)
         built, pins = await self._turn_pins(command, idem)
         turn_of = self.ordering.turn(step, self._link_group(record, command.link), registration, pins)
         del pins  # their sealed bodies: the turn's first round trip sends them, nothing keeps them

@@ -304,6 +304,45 @@ async def test_an_older_event_is_skipped_as_stale_and_counted(redis_url: str, tm
         assert stale == 1
 
 
+SCOPED = f"""\
+version: 1
+name: scoped
+provider: standard-webhooks
+verify: {{secret: "${{CONTACT_SECRET}}"}}
+table: {DEMO_TABLE_ID}
+action: upsert
+key: data.id
+order: data.at
+order_scope: data.property
+lead:
+  data:
+    id: data.id
+    name: {{path: data.value, when: "data.property == 'name'"}}
+    city: {{path: data.value, when: "data.property == 'city'"}}
+"""
+
+
+async def test_order_scope_compares_order_per_scope(redis_url: str, tmp_path: Path) -> None:
+    """One event per changed property, as HubSpot sends them: a change of the name made before a
+    change of the city but delivered after it is applied (it is the newest of its scope); an older
+    change of the city than the one applied is stale."""
+    async with pipeline(redis_url, tmp_path / "mappings", mapping_files={"scoped.yaml": SCOPED}) as pipe:
+
+        async def send(prop: str, value: str, at: str) -> str:
+            raw = orjson.dumps({"data": {"id": "c-1", "property": prop, "value": value, "at": at}})
+            delivery_id: str = (await pipe.post("scoped", raw, sign(raw))).json()["delivery_id"]
+            assert await pipe.wait_status(delivery_id, "delivered") == "delivered"
+            return delivery_id
+
+        await send("city", "Berlin", "2024-05-02T10:00:00Z")
+        name = await send("name", "Ada", "2024-05-01T10:00:00Z")  # older, of another scope
+        city = await send("city", "Paris", "2024-05-01T12:00:00Z")  # older, of the same scope
+        (entry,) = await pipe.entries()
+        assert entry["data"] == {"id": "c-1", "name": "Ada", "city": "Berlin"}
+        assert await pipe.redis.hget(keys.done(name), "0") != b"stale"
+        assert await pipe.redis.hget(keys.done(city), "0") == b"stale"
+
+
 async def test_a_patch_that_arrives_first_waits_for_the_create(redis_url: str, tmp_path: Path) -> None:
     files = {"form.yaml": FORM, "crm-patch.yaml": CRM_PATCH}
     async with pipeline(redis_url, tmp_path / "mappings", mapping_files=files) as pipe:

@@ -47,3 +47,16 @@ async def test_calendly_reschedule_does_not_mark_the_lead_lost() -> None:
     canceled["payload"]["new_invitee"] = None
     plan = await mapping.plan(canceled)
     assert [command.state for command in plan.commands] == ["Lost"]
+
+
+async def test_hubspot_changes_of_different_properties_are_ordered_apart() -> None:
+    """HubSpot sends one contact.propertyChange per property and does not guarantee their order:
+    the shipped mapping orders each property's changes among themselves (`order_scope`), so an
+    older e-mail change delivered after a newer stage change is not stale (the pipeline test of
+    `order_scope` is in test_delivery_order.py)."""
+    mapping = shipped("hubspot-contact-sync")
+    events = json.loads((PAYLOADS / "hubspot-contact-sync.json").read_text())
+    plan = await mapping.plan(events)
+    scopes = {event["propertyName"] for event in events}
+    assert {(c.key, c.order_scope) for c in plan.commands} == {("123", scope) for scope in scopes}
+    assert len(scopes) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 Action = Literal["create", "patch", "upsert"]
 
@@ -32,12 +32,23 @@ class LeadCommand(BaseModel):
     link: str = Field(description="link namespace (defaults to the mapping name)")
     key: str | None = Field(default=None, description="the source record's id, stringified")
     order: str | None = Field(default=None, description="ordering value (ISO-8601 or number), if any")
+    order_scope: str | None = Field(
+        default=None, description="what `order` is compared within, per key; None: the key alone"
+    )
     state: str | None = Field(default=None, description="lead state name or id; None: not set")
     data: dict[str, Any] = Field(default_factory=dict)
     custom_fields: dict[str, Any] = Field(default_factory=dict, description="name or id -> value")
     extras: dict[str, Any] = Field(
         default_factory=dict, description="followUpDate, firstOpenedAt, interestedInAppointmentTypeId"
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_scope(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`order_scope` is shown only where a mapping sets it (most do not)."""
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("order_scope", "") is None:
+            del dumped["order_scope"]
+        return dumped
 
     def is_empty_patch(self) -> bool:
         return self.state is None and not self.data and not self.custom_fields and not self.extras

@@ -107,6 +107,9 @@ class CompiledMapping:
         self._each = guarded(compiler.compile(spec.each), "each") if spec.each else None
         self._key = compile_value(spec.key, "key", compiler) if spec.key is not None else None
         self._order = compile_value(spec.order, "order", compiler) if spec.order is not None else None
+        self._order_scope = (
+            compile_value(spec.order_scope, "order_scope", compiler) if spec.order_scope is not None else None
+        )
         self.enrich = CompiledEnrich(spec.enrich, compiler) if spec.enrich else None
         lead = spec.lead
         self._state = compile_value(lead.state, "lead.state", compiler) if lead.state is not None else None
@@ -163,6 +166,10 @@ class CompiledMapping:
         order: str | None = None
         if self._order is not None and (raw := self._order(element)) is not OMIT:
             order = epoch_ms_text(raw)
+        order_scope: str | None = None
+        if order is not None and self._order_scope is not None:
+            scope = self._order_scope(element)
+            order_scope = None if scope is OMIT else _text(scope, "order_scope")
         state: str | None = None
         if self._state is not None:
             value = self._state(element)
@@ -181,6 +188,7 @@ class CompiledMapping:
             link=self.link,
             key=key,
             order=order,
+            order_scope=order_scope,
             state=state,
             data=data,
             custom_fields=custom,

@@ -161,6 +161,8 @@ def _semantic_problems(source: Source, spec: MappingFile) -> list[str]:
                 f"action {spec.action} needs a `key` (the source record's id, linking it to its entry)",
             )
         )
+    if spec.order_scope is not None and spec.order is None:
+        problems.append(source.problem(("order_scope",), "order_scope without order: nothing to compare"))
     state = spec.lead.state
     if isinstance(state, ValueObject) and state.on_null == "delete":
         problems.append(

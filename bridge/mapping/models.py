@@ -318,6 +318,11 @@ class MappingFile(BaseModel):
     order: ValueSpec | None = Field(
         default=None, description="timestamp: an older event for a key never overwrites a newer one"
     )
+    order_scope: ValueSpec | None = Field(
+        default=None,
+        description="what `order` is compared within, per key (e.g. the property an event changes): "
+        "an older event of one scope is applied after a newer one of another",
+    )
     enrich: EnrichSpec | None = None
     rate_limit: RateLimitSpec | None = Field(
         default=None, description="optional bound on accepted deliveries"

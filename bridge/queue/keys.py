@@ -13,6 +13,7 @@ DONE = PREFIX + "done:"  # hash per delivery: command index -> result, for exact
 LINK = PREFIX + "link:"  # string: link namespace + hashed key -> Connect entry id
 LOCK = PREFIX + "lock:"  # string with a lease: one command at a time per link + key
 ORDER = PREFIX + "order:"  # string: last applied `order` value per link + key
+SCOPED_ORDER = PREFIX + "order-s:"  # the same per link + key + the mapping's `order_scope`
 DLQ = PREFIX + "dlq"  # sorted set: dead-lettered delivery ids by time
 CIRCUIT = PREFIX + "circuit"  # hash: shared upstream circuit breaker state
 RATE = PREFIX + "rate:"  # string counters: per-mapping accept rate limits

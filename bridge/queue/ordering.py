@@ -182,6 +182,7 @@ class Step:
     link: str
     key: str
     index: int
+    order_scope: str | None = None  # the mapping's `order_scope`: order compared per key and scope
 
     @property
     def lock(self) -> str:
@@ -197,7 +198,11 @@ class Step:
 
     @property
     def order(self) -> str:
-        return keys.record(keys.ORDER, self.link, self.key)
+        """The last applied `order` of the record, or of the record's scope (keys of their own,
+        named by the key and scope as one JSON array: no scope's key is another's)."""
+        if self.order_scope is None:
+            return keys.record(keys.ORDER, self.link, self.key)
+        return keys.record(keys.SCOPED_ORDER, self.link, orjson.dumps([self.key, self.order_scope]).decode())
 
 
 @dataclass(frozen=True)
