@@ -67,7 +67,19 @@ async def _run(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
         elif command == "replay":
             print(f"{delivery_id}: queued for replay (it leaves the dead-letter queue once delivered)")
         elif command == "purge":
-            await deliveries.purge(redis, delivery_id)
+            outcome = await deliveries.purge(redis, delivery_id)
+            if outcome != deliveries.PURGED:
+                why = (
+                    "is being replayed (queued or running); it leaves the dead-letter queue once "
+                    "delivered, or can be purged if it dies again"
+                    if outcome == deliveries.REPLAYING
+                    else "left the dead-letter queue meanwhile"
+                )
+                if not everything:
+                    print(f"leadbridge: {delivery_id} {why}", file=sys.stderr)
+                    return 1
+                print(f"{delivery_id}: {why}; skipped")
+                continue
             print(f"{delivery_id}: purged")
         done += 1
     if everything:

@@ -371,3 +371,59 @@ async def test_admin_routes_are_hidden_without_a_token(pipe: Pipeline) -> None:
     ):
         response = await pipe.http.request(method, f"{pipe.url}{path}", headers={"authorization": "Bearer x"})
         assert response.status_code == 404
+
+
+async def test_purge_does_not_remove_a_queued_replay(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mappings = tmp_path / "m"
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "p@example.com", "phone": "+4930"}})
+        await _dead(pipe, delivery_id)
+    # The mapping is fixed, the operator replays (no worker free yet), then purges "the rest".
+    (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+    fixed = {"signup.yaml": FIXED_SIGNUP}
+    async with pipeline(redis_url, mappings, mapping_files=fixed, worker=False) as pipe:
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 600)
+        code, out, err = await leadbridge("dlq", "purge", "--all", environ=_cli_env(redis_url))
+        assert code == 0, err
+        assert f"{delivery_id}: is being replayed" in out, out
+        assert await pipe.redis.exists(keys.delivery(delivery_id)), "the queued replay's record was purged"
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": FIXED_SIGNUP}) as pipe:
+        await pipe.wait_status(delivery_id, "delivered")
+        assert [e["data"]["email"] for e in await pipe.entries()] == ["p@example.com"]
+    assert "its lead is lost" not in caplog.text
+
+
+async def test_purge_during_a_running_replay_leaves_no_record_without_expiry(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mappings = tmp_path / "m"
+    apply_once = Deliverer._apply_once
+    purged: list[str] = []
+
+    async def purge_meanwhile(self: Deliverer, record: Any, *args: Any, **kwargs: Any) -> bool:
+        if record.replayed_at is not None and not purged:
+            # An operator purges (CLI or DELETE /admin/dlq/{id}) while the replay runs.
+            if await deliveries.in_dlq(self.redis, record.id):
+                await deliveries.purge(self.redis, record.id)
+            purged.append(record.id)
+        return await apply_once(self, record, *args, **kwargs)
+
+    monkeypatch.setattr(Deliverer, "_apply_once", purge_meanwhile)
+    async with pipeline(redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "q@example.com", "phone": "+4930"}})
+        await _dead(pipe, delivery_id)
+        (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+        assert pipe.runtime.mappings.reload()
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 600)
+        await pipe.wait_status(delivery_id, "delivered")
+
+        async def job_ended() -> bool:
+            return not await pipe.redis.exists(arq_adapter.in_progress_key(delivery_id))
+
+        await until(job_ended)
+        assert purged == [delivery_id]
+        # Every key of the delivery still expires (retention: payloads are personal data).
+        for key in (keys.delivery(delivery_id), keys.done(delivery_id)):
+            assert await pipe.redis.ttl(key) > 0, f"{key} has no expiry: {await pipe.redis.hgetall(key)}"

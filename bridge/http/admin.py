@@ -73,7 +73,11 @@ async def replay_dlq(request: Request) -> Response:
 
 async def delete_dlq(request: Request) -> Response:
     runtime, record = await _dead_record(request)
-    await deliveries.purge(runtime.redis, record.id)
+    outcome = await deliveries.purge(runtime.redis, record.id)
+    if outcome == deliveries.REPLAYING:
+        return JSONResponse({"status": "error", "error": "being replayed"}, status_code=409)
+    if outcome != deliveries.PURGED:
+        raise NotFound()
     return JSONResponse({"status": "purged", "delivery_id": record.id})
 
 

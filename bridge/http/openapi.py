@@ -315,7 +315,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             "delete": _admin(
                 "purgeDeadLetter",
                 "Drop a dead-lettered delivery",
-                {"200": _json("purged", Purged)},
+                {"200": _json("purged", Purged), "409": _error("a replay of it is queued or running")},
                 by_id=True,
             ),
         },

@@ -319,15 +319,42 @@ async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> boo
     return bool(done)
 
 
-async def purge(redis: Redis, delivery_id: str) -> None:
-    """Delete a delivery for good (DLQ purge): its record, its progress and its place in line."""
-    mapping = await cast(Awaitable[bytes | None], redis.hget(keys.delivery(delivery_id), "mapping"))
-    if mapping is not None:
-        await ordering.forget(redis, delivery_id, mapping.decode())
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zrem(keys.DLQ, delivery_id)
-        pipe.delete(keys.delivery(delivery_id), keys.done(delivery_id))
-        await pipe.execute()
+# Purge a dead letter, atomically: only while it is in the DLQ and dead. A replayed delivery stays
+# listed in the DLQ until it is delivered, but it is queued or running then: deleting its record
+# would lose the lead the operator asked to deliver (its job then finds nothing), or let a running
+# job write the record back without an expiry. KEYS: DLQ, delivery hash, done hash. ARGV: the id.
+# Returns 1 purged, 0 not in the DLQ, -1 being replayed (queued, retrying or running).
+PURGE_SCRIPT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status and status ~= 'dead' then return -1 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+PURGED, NOT_IN_DLQ, REPLAYING = 1, 0, -1
+
+
+async def purge(redis: Redis, delivery_id: str) -> int:
+    """Delete a dead letter for good (DLQ purge): its record, its progress and its place in line.
+    PURGED, NOT_IN_DLQ, or REPLAYING (a replay of it is queued or running: left alone)."""
+    raw = await cast(
+        Awaitable[list[bytes | None]],
+        redis.hmget(keys.delivery(delivery_id), ["mapping", ordering.REGISTERED]),
+    )
+    outcome = int(
+        await redis.register_script(PURGE_SCRIPT)(
+            keys=[keys.DLQ, keys.delivery(delivery_id), keys.done(delivery_id)], args=[delivery_id]
+        )
+    )
+    mapping, registered = raw
+    if outcome == PURGED and mapping is not None:
+        async with redis.pipeline(transaction=True) as pipe:
+            joined = orjson.loads(registered) if registered else []
+            ordering.leave_all(pipe, delivery_id, mapping.decode(), joined)
+            await pipe.execute()
+    return outcome
 
 
 async def queue_stats(redis: Redis) -> tuple[int, float]:
