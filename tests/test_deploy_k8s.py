@@ -504,3 +504,26 @@ def test_trial_brings_its_own_durable_redis() -> None:
     assert int(match.group(2)) in {p["port"] for p in service["spec"]["ports"]}
     (namespace,) = of_kind(docs, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def redis_url_is_required(container: dict[str, Any], config_data: dict[str, Any]) -> bool:
+    for item in container.get("env", []):
+        if item["name"] == "REDIS_URL":
+            source = item.get("valueFrom", {})
+            ref = source.get("secretKeyRef") or source.get("configMapKeyRef")
+            if "value" in item:
+                return bool(item["value"])
+            return ref is not None and ref.get("key") == "REDIS_URL" and not ref.get("optional", False)
+    return bool(config_data.get("REDIS_URL"))  # rendered into the ConfigMap by the overlay
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_pods_cannot_start_without_the_shared_redis(case: str) -> None:
+    docs = render(case)
+    config = generated(docs, CONFIG_NAME)["data"]
+    for workload in app_workloads(docs):
+        (container,) = pod_spec(workload)["containers"]
+        assert redis_url_is_required(container, config), (
+            f"{case}: {workload['metadata']['name']} starts on an embedded, pod-local Valkey when the "
+            "Secret has no REDIS_URL"
+        )
