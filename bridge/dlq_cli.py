@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace, settings: Settings, url: str) -> int:
 async def _run(args: argparse.Namespace, settings: Settings, redis: Redis) -> int:
     command = args.dlq_command
     if command == "list":
-        return await _list(redis)
+        return await _list(redis, Keyring.from_settings(settings))
     everything = bool(getattr(args, "all", False))
     targets = await deliveries.dlq_ids(redis, limit=None) if everything else [args.id]
     if not targets:
@@ -97,14 +97,14 @@ def _not_in_dlq(delivery_id: str) -> int:
     return 1
 
 
-async def _list(redis: Redis) -> int:
+async def _list(redis: Redis, keyring: Keyring) -> int:
     ids = await deliveries.dlq_ids(redis)
     if not ids:
         print("the dead-letter queue is empty")
         return 0
     print(f"{'ID':<34} {'MAPPING':<24} {'DIED (UTC)':<20} {'TRIES':>5}  REASON")
     for delivery_id in ids:
-        record = await deliveries.load(redis, delivery_id)
+        record = await deliveries.load(redis, delivery_id, keyring=keyring)
         if record is None:
             continue
         died = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.dead_at or record.received_at))

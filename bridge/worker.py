@@ -289,7 +289,9 @@ class Deliverer:
             status=exc.status,
             command=command.index if command else None,
         )
-        attempts = await deliveries.record_attempt(self.redis, record, attempt, "retrying")
+        attempts = await deliveries.record_attempt(
+            self.redis, record, attempt, "retrying", keyring=self.keyring
+        )
         if not exc.retryable:
             return await self._dead(record, exc.message, command, recorded=True, status=exc.status)
         age_s = record.retry_age_s(time.time())
@@ -328,7 +330,7 @@ class Deliverer:
             attempt = Attempt(
                 at=time.time(), error=reason, retryable=False, command=command.index if command else None
             )
-            await deliveries.record_attempt(self.redis, record, attempt, "retrying")
+            await deliveries.record_attempt(self.redis, record, attempt, "retrying", keyring=self.keyring)
         failed = command.model_dump(mode="json") if command else None
         await deliveries.dead_letter(
             self.redis, record.id, reason, failed, self.settings.retention_s, keyring=self.keyring

@@ -137,6 +137,19 @@ def _record(
             failed = _open(keyring, failed, crypto.aad(delivery_id, "failed_command"))
         except crypto.DecryptError:
             failed = None
+    # The reason and the attempts' errors may quote the upstream's message about a lead.
+    reason = raw.get(b"reason") or b""
+    if reason and crypto.is_sealed(reason):
+        try:
+            reason = _open(keyring, reason, crypto.aad(delivery_id, "reason"))
+        except crypto.DecryptError as exc:
+            reason = f"(sealed: {exc})".encode()
+    history_raw = raw.get(b"history", b"[]")
+    if crypto.is_sealed(history_raw):
+        try:
+            history_raw = _open(keyring, history_raw, crypto.aad(delivery_id, "history"))
+        except crypto.DecryptError:
+            history_raw = b"[]"
     registered = raw.get(ordering.REGISTERED.encode())
     return DeliveryRecord(
         id=delivery_id,
@@ -147,9 +160,9 @@ def _record(
         status=_text(raw, "status", "queued"),
         seq=int(_text(raw, "seq", "0")),
         attempts=int(_text(raw, "attempts", "0")),
-        reason=_text(raw, "reason") or None,
+        reason=reason.decode() or None,
         failed_command=orjson.loads(failed) if failed else None,
-        history=[Attempt.model_validate(a) for a in orjson.loads(raw.get(b"history", b"[]"))],
+        history=[Attempt.model_validate(a) for a in orjson.loads(history_raw)],
         dead_at=float(dead_at) if dead_at else None,
         replayed_at=int(_text(raw, "replayed_at", "0")) / 1000 or None,
         cut=b"cut" in raw,
@@ -189,13 +202,24 @@ async def status_of(redis: Redis, delivery_id: str) -> str | None:
     return raw.decode() if raw is not None else None
 
 
-async def record_attempt(redis: Redis, record: DeliveryRecord, attempt: Attempt, status: Status) -> int:
-    """Append to the history (bounded), bump the attempt count, set the status; returns attempts."""
+async def record_attempt(
+    redis: Redis,
+    record: DeliveryRecord,
+    attempt: Attempt,
+    status: Status,
+    keyring: crypto.Keyring | None = None,
+) -> int:
+    """Append to the history (bounded), bump the attempt count, set the status; returns attempts.
+    The history (its errors may quote the upstream's message about a lead) is sealed when keys
+    are set."""
     history = [*record.history, attempt][-MAX_HISTORY:]
     key = keys.delivery(record.id)
+    stored = orjson.dumps([a.model_dump() for a in history])
+    if keyring:
+        stored = keyring.seal(stored, crypto.aad(record.id, "history"))
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hincrby(key, "attempts", 1)
-        pipe.hset(key, mapping={"history": orjson.dumps([a.model_dump() for a in history]), "status": status})
+        pipe.hset(key, mapping={"history": stored, "status": status})
         results = await pipe.execute()
     record.history = history
     record.attempts = int(results[0])
@@ -223,10 +247,14 @@ async def dead_letter(
     retention_s: int,
     keyring: crypto.Keyring | None = None,
 ) -> None:
-    """Move a delivery to the DLQ; the failed command (lead values) is sealed when keys are set."""
+    """Move a delivery to the DLQ; the failed command (lead values) and the reason (it may quote
+    the upstream's message about a lead) are sealed when keys are set."""
     now = time.time()
     key = keys.delivery(delivery_id)
-    fields: dict[str, Any] = {"status": "dead", "reason": reason, "dead_at": repr(now)}
+    stored_reason: bytes | str = reason
+    if keyring:
+        stored_reason = keyring.seal(reason.encode(), crypto.aad(delivery_id, "reason"))
+    fields: dict[str, Any] = {"status": "dead", "reason": stored_reason, "dead_at": repr(now)}
     command = orjson.dumps(failed_command) if failed_command is not None else b""
     if command and keyring:
         command = keyring.seal(command, crypto.aad(delivery_id, "failed_command"))
