@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from bridge.app import create_app
-from bridge.queue import deliveries
+from bridge.queue import arq_adapter, deliveries
 from bridge.runtime import Runtime
 from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
 from tests import pipeline as pipeline_support
@@ -72,7 +72,7 @@ async def test_an_upstream_message_quoting_a_lead_value_is_not_stored_in_clear(
         await until(dead)
 
         async def job_ended() -> bool:
-            return not await runtime.redis.exists(f"arq:in-progress:{delivery_id}")
+            return not await runtime.redis.exists(arq_adapter.in_progress_key(delivery_id))
 
         await until(job_ended)
         # The operator (with the keys) still reads the upstream's message.
