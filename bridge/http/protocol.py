@@ -58,10 +58,20 @@ class HeadJoiningTransport(asyncio.Transport):
             # cycle is let go of here: it refers to this transport, and a reference cycle would
             # keep every request's cycle alive until the garbage collector runs.
             cycle, self._cycle = self._cycle, None
+            head = bytes(data)
+            if cycle.more_body and cycle.keep_alive:
+                # The response starts before the request's body has arrived whole (a refusal
+                # that does not read it: 404, 413). Kept alive, the connection would go on
+                # reading and discarding the rest with no deadline at all (a client dripping it
+                # holds the connection, and a slot of limit_concurrency, forever), and a client
+                # that waits for `100 Continue` never sends it, so its next request would be
+                # read as this one's body. As uvicorn's h11 protocol does: close, and say so.
+                cycle.keep_alive = False
+                head = head[:-2] + b"connection: close\r\n\r\n"
             if cycle.scope["method"] == "HEAD":
-                self._transport.write(data)
+                self._transport.write(head)
             else:
-                self._head = bytes(data)
+                self._head = head
         else:
             self._transport.write(data)
 
@@ -92,6 +102,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        # A pipelined request's head outlived its deadline while an earlier request was being
+        # answered: the connection is closed once that answer (and any queued one) is out.
+        self._head_overdue = False
+        self._progress = False  # a parser callback ran during this data_received
+        self._silent = 0  # bytes fed since the parser last reported anything
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -101,24 +116,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        # httptools reports a header (or trailer) only once its line is complete, accumulating
+        # its value meanwhile (by bytes concatenation: quadratic). One line that never ends
+        # would grow in memory, and block the loop, until a deadline that cannot fire while the
+        # loop is blocked. So bytes fed without any callback (inside one line) are bounded by
+        # max_head_bytes too (within one read's size).
+        self._progress = False
+        super().data_received(data)
+        if self._progress:
+            self._silent = 0
+            return
+        self._silent += len(data)
+        if self._silent > self.max_head_bytes and self.parser is not None and not self.transport.is_closing():
+            if self.cycle is None or self.cycle.response_complete:
+                self.send_400_response("Invalid HTTP request received.")
+            else:  # a trailer: the request's own answer may be under way
+                self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._progress = True
+        super().on_body(body)
+
     def on_message_begin(self) -> None:
+        self._progress = True
         super().on_message_begin()
         self._head_bytes = 0
         if self._head_timer is None:
             self._arm()
 
     def on_url(self, url: bytes) -> None:
+        self._progress = True
         self._count(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._progress = True
         self._count(len(name) + len(value) + 4)
         if len(self.headers) >= self.max_headers:
             raise HeadTooLarge()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._progress = True
         self._disarm()
+        self._head_overdue = False
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -127,10 +169,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cycle.transport = HeadJoiningTransport(self.transport, cycle)
 
     def on_message_complete(self) -> None:
+        self._progress = True
         super().on_message_complete()
         cycle = self.cycle
         if cycle is not None and not cycle.more_body and not cycle.response_complete:
             mark_body_received(cycle.scope)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_overdue and not self.pipeline and not self.transport.is_closing():
+            self.transport.close()
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -151,6 +199,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Only while waiting for a request head: a request in progress is the app's to time out.
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
+        else:
+            # A pipelined head, begun while an earlier request is answered: dropping the
+            # deadline here would let it trickle forever (nothing re-arms it).
+            self._head_overdue = True
 
 
 def bounded_protocol(
