@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     # a `serve` process never loads it (~5 MiB of resident memory).
     import httpx
 
+    from bridge.connect.client import EnrichClient
     from bridge.queue.ingest import Accepter
     from bridge.ratelimit import RateLimiter
     from bridge.worker import Deliverer
@@ -91,6 +92,7 @@ class Runtime:
         self._upstream = upstream
         self._http_transport = http_transport
         self._http: httpx.AsyncClient | None = None
+        self._enrich: EnrichClient | None = None
         self._worker: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -158,12 +160,19 @@ class Runtime:
             base_url, key = self.settings.require_upstream()
             self._upstream = (base_url, key.get_secret_value())
         base_url, api_key = self._upstream
-        self._http = build_http_client(
-            timeout_s=self.settings.upstream_timeout_s,
-            max_connections=self.settings.upstream_max_connections,
-            transport=self._http_transport,
-            pool=self.settings.upstream_http,
-        )
+
+        def http_client() -> httpx.AsyncClient:
+            return build_http_client(
+                timeout_s=self.settings.upstream_timeout_s,
+                max_connections=self.settings.upstream_max_connections,
+                transport=self._http_transport,
+                pool=self.settings.upstream_http,
+            )
+
+        self._http = http_client()
+        # A test's transport is its one fake network: enrich shares the client there.
+        shared = self._http
+        self._enrich = EnrichClient(http_client if self._http_transport is None else lambda: shared)
         breaker = CircuitBreaker(
             self.redis, CircuitConfig.from_settings(self.settings), on_change=self._circuit_changed
         )
@@ -175,7 +184,7 @@ class Runtime:
             mappings=self.mappings,
             connect=connect,
             tables=TableCache(connect.get_table, self.settings.table_cache_ttl_s),
-            enrich=EnrichClient(self._http),
+            enrich=self._enrich,
             settings=self.settings,
             metrics=self.metrics,
             keyring=self.keyring,
@@ -227,6 +236,8 @@ class Runtime:
         self._tasks.clear()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(keys.HEARTBEAT + self.worker_id)
+        if self._enrich is not None:
+            await self._enrich.aclose()
         if self._http is not None:
             await self._http.aclose()
         await self.redis.aclose()

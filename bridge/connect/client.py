@@ -11,8 +11,9 @@ httpx's own. Every write carries an `Idempotency-Key`; every failure becomes an
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -46,6 +47,15 @@ def build_http_client(
         transport=transport,
         follow_redirects=False,
     )
+
+
+def _transport_error(exc: Exception) -> bool:
+    """Whether a request failed without a usable answer: httpx's own errors, and aiohttp's that
+    httpx-aiohttp passes through unmapped (a malformed status line or header, from the server or
+    a proxy before it, is `aiohttp.ClientResponseError`). A failure to retry, not an internal
+    error. aiohttp is looked at only where it is loaded (the httpx pool does not import it)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return isinstance(exc, httpx.HTTPError) or (aiohttp is not None and isinstance(exc, aiohttp.ClientError))
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -102,7 +112,9 @@ class ConnectClient:
             response = await self._http.request(
                 method, self._base + path, content=content, headers={**self._auth, **headers}
             )
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            if not _transport_error(exc):
+                raise
             self._record(method, "error", started)
             raise UpstreamError(
                 f"{method} {path.split('/')[2]}: {type(exc).__name__}", retryable=True
@@ -128,18 +140,32 @@ class ConnectClient:
 
 
 class EnrichClient:
-    """GETs the full record for thin webhooks (CONTRACT §6 `enrich`), classified like upstream calls."""
+    """GETs the full record for thin webhooks (CONTRACT §6 `enrich`), classified like upstream calls.
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self._http = http
+    Enrich sources are third parties, so they get a connection pool of their own, made on the
+    first fetch (`make_http`; most workers never fetch): a slow one must not hold the connections
+    Connect calls wait for, where a timeout counts as the Connect API being down and opens its
+    circuit breaker."""
+
+    def __init__(self, make_http: Callable[[], httpx.AsyncClient]) -> None:
+        self._make_http = make_http
+        self._http: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
+        if self._http is None:
+            self._http = self._make_http()
         try:
             if timeout_s is None:
                 response = await self._http.get(url, headers=dict(headers))
             else:
                 response = await self._http.get(url, headers=dict(headers), timeout=timeout_s)
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            if not _transport_error(exc):
+                raise
             raise UpstreamError(f"enrich fetch failed: {type(exc).__name__}", retryable=True) from None
         outcome = classify(response.status_code, retry_after=response.headers.get("retry-after"))
         if not outcome.ok:
