@@ -198,6 +198,7 @@ class Runtime:
             job_timeout_s=self.settings.job_timeout_s,
             job_lease_s=self.settings.job_lease_s,
             preload=deliveries.PRELOAD,
+            count_runs=deliveries.UNFINISHED,
         )
         loop = asyncio.get_running_loop()
         self._worker.wake = asyncio.Event()

@@ -52,6 +52,10 @@ from bridge.settings import Settings
 log = logging.getLogger("bridge.worker")
 
 FINISHED = ("delivered", "ignored", "dead")
+# Runs of one delivery's job in a row whose worker died (no end of any kind recorded) before it
+# is dead-lettered: more than the worker deaths of an ordinary bad day (a node lost, a rollout
+# with a short grace period), few enough that a delivery that kills every worker stops soon.
+MAX_WORKER_DEATHS = 5
 QUEUE_DOWN_DEFER_S = (1.0, 3.0)  # a job that lost Redis comes back within this range
 
 __all__ = ["Deliverer", "RetryPolicy", "idempotency_key"]
@@ -122,6 +126,13 @@ class Deliverer:
                 # A rerun after a crash between the outcome and the job's end: tidy up, stop.
                 await self.ordering.forget(record.id, record.mapping)
                 return record.status
+            died = record.unfinished - 1  # runs before this one that never ended
+            if died >= MAX_WORKER_DEATHS:
+                # It keeps killing its worker (out of memory, a crash in native code), or every
+                # worker that took it was killed: rerun for ever, it would block its record's
+                # line and, once its record expired, be lost. Dead-lettered, it can be replayed.
+                reason = f"its worker died {died} times in a row while delivering it (out of memory? killed?)"
+                return await self._dead(record, reason, None)
         except (RedisError, OSError):
             raise self._queue_down(delivery_id) from None
         self.metrics.jobs_in_flight.inc()

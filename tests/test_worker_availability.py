@@ -390,3 +390,54 @@ async def test_an_idle_worker_is_woken_by_a_new_delivery_not_its_next_poll(redis
     finally:
         for task in (running, listening):
             await cancel_and_wait(task)
+
+
+@pytest.mark.parametrize(("deaths", "outcome"), [(4, "delivered"), (5, "dead")])
+async def test_a_delivery_whose_worker_keeps_dying_is_dead_lettered(
+    redis_url: str, tmp_path: Path, deaths: int, outcome: str
+) -> None:
+    """Runs of its job that never ended (the worker SIGKILLed, out of memory) are counted by the
+    claim; the count goes back to 0 when a run ends any other way. After 5 in a row the delivery
+    is dead-lettered with that reason, instead of being rerun until its record expires."""
+    async with pipeline(redis_url, tmp_path / "mappings", worker=False) as pipe:
+        sent = await pipe.send_signed({"data": {"email": f"d{deaths}@example.com", "first_name": "D"}})
+        delivery_id = sent.json()["delivery_id"]
+
+        async def never(ctx: dict[str, object], delivery_id: str) -> str:
+            raise AssertionError("only claimed here")
+
+        counting = {"preload": deliveries.PRELOAD, "count_runs": deliveries.UNFINISHED}
+        dying = _worker(never, pipe.redis, max_jobs=1, **counting)
+        for _ in range(deaths):  # claimed, then its worker dies: the lease lapses, nothing ended
+            assert (await dying._claim([delivery_id]))[0] is not None
+            await pipe.redis.delete(arq_adapter.in_progress_key(delivery_id))
+        await pipe.runtime.start_worker()
+        assert await pipe.wait_status(delivery_id, "delivered", "dead") == outcome
+        record = await deliveries.load(pipe.redis, delivery_id)
+        assert record is not None
+        if outcome == "dead":
+            assert record.reason == (
+                "its worker died 5 times in a row while delivering it (out of memory? killed?)"
+            )
+            assert await pipe.entries() == []
+        else:
+            assert len(await pipe.entries()) == 1
+
+
+async def test_a_run_that_ends_short_of_done_clears_the_count_of_dead_runs(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with pipeline(redis_url, tmp_path / "mappings") as pipe:
+        await pipe.set_faults(error_rate=1.0)  # every create answered 500: retried, again and again
+        sent = await pipe.send_signed({"data": {"email": "r@example.com", "first_name": "R"}})
+        delivery_id = sent.json()["delivery_id"]
+
+        async def retried_thrice() -> bool:
+            record = await deliveries.load(pipe.redis, delivery_id)
+            return record is not None and record.attempts >= 3
+
+        await until(retried_thrice)
+        counts = await pipe.redis.hget(keys.delivery(delivery_id), deliveries.UNFINISHED)
+        assert counts in (b"0", b"1")  # between runs, or in one: never the runs added up
+        await pipe.set_faults()
+        assert await pipe.wait_status(delivery_id, "delivered") == "delivered"

@@ -106,14 +106,27 @@ for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
+# A job ended short of done (a retry, a deferral, cut by a drain): back in the queue, `incr` ms
+# later ('' for as due as it was), its lease given back, and its count of runs not ended (see
+# `count_runs`) back to 0. KEYS: the queue, the in-progress key, the hash counting runs (or '').
+# ARGV: the job id, incr, the counting field ('' for none).
+FINISH_SCRIPT = """
+if ARGV[2] ~= '' then redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1]) end
+redis.call('DEL', KEYS[2])
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], ARGV[3], 0) end
+return 1
+"""
+
 # Claim many jobs in one round trip: for each id, due and not running anywhere, set its
 # in-progress key (the lease) and read the hashes the job starts with. KEYS[1]: the queue. ARGV:
-# in-progress key prefix, now ms, lease ms, the number N of hash prefixes to read, those N
+# in-progress key prefix, now ms, lease ms, the number N of hash prefixes to read, a field of the
+# first hash that counts the job's runs not ended yet ('' for none: see `_finish`), the N
 # prefixes, then the ids. Returns, per id, false (running, finished or not due) or its score
 # followed by the N hashes (flat field/value lists) of prefix .. id.
 CLAIM_SCRIPT = """
 local prefixes = tonumber(ARGV[4])
-local first = 5 + prefixes
+local runs = ARGV[5]
+local first = 6 + prefixes
 local out = {}
 for i = first, #ARGV do
   local id = ARGV[i]
@@ -121,8 +134,11 @@ for i = first, #ARGV do
   if score and tonumber(score) <= tonumber(ARGV[2])
      and redis.call('SET', ARGV[1] .. id, '1', 'NX', 'PX', ARGV[3]) then
     local claimed = {score}
+    if runs ~= '' and prefixes > 0 and redis.call('EXISTS', ARGV[6] .. id) == 1 then
+      redis.call('HINCRBY', ARGV[6] .. id, runs, 1)
+    end
     for p = 1, prefixes do
-      claimed[p + 1] = redis.call('HGETALL', ARGV[4 + p] .. id)
+      claimed[p + 1] = redis.call('HGETALL', ARGV[5 + p] .. id)
     end
     out[i - first + 1] = claimed
   else
@@ -141,11 +157,16 @@ class _Worker(Worker):
     started_in_poll = 0
     _claim_script: Any = None
     _done_script: Any = None
+    _finish_script: Any = None
     # Set when new jobs were queued (`wake_on_publish`): an idle poll loop looks at once.
     wake: asyncio.Event | None = None
     # Key prefixes of the hashes a job starts by reading (its id appended): read by the claim,
     # in the same round trip, and handed to the job function as `preloaded`.
     preload: tuple[str, ...] = ()
+    # A field of the first preloaded hash counting the job's runs that have not ended (a claim
+    # adds one, an end short of done sets it to 0): runs cut by a dead worker (SIGKILL, out of
+    # memory) pile up there, so the job can tell it keeps killing its worker. '' for none.
+    count_runs = ""
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one round trip per batch
@@ -219,11 +240,10 @@ class _Worker(Worker):
             names = [self.queue_name, keys.delivery(job_id), *finished_job_keys(job_id)]
             await self._done_script(keys=names, args=[job_id])
             return
-        async with self.pool.pipeline(transaction=True) as tr:
-            if incr_score:
-                tr.zincrby(self.queue_name, incr_score, job_id)
-            tr.delete(in_progress_key(job_id))
-            await tr.execute()
+        if self._finish_script is None:
+            self._finish_script = self.pool.register_script(FINISH_SCRIPT)
+        names = [self.queue_name, in_progress_key(job_id), self.preload[0] + job_id if self.preload else ""]
+        await self._finish_script(keys=names, args=[job_id, incr_score or "", self.count_runs])
 
     def _running_here(self, job_id: str) -> bool:
         task = self.tasks.get(job_id)
@@ -233,7 +253,8 @@ class _Worker(Worker):
         if self._claim_script is None:
             self._claim_script = self.pool.register_script(CLAIM_SCRIPT)
         lease_ms = int(self.in_progress_timeout_s * 1000)
-        args = [in_progress_key_prefix, timestamp_ms(), lease_ms, len(self.preload), *self.preload, *job_ids]
+        prefixes = [len(self.preload), self.count_runs, *self.preload]
+        args = [in_progress_key_prefix, timestamp_ms(), lease_ms, *prefixes, *job_ids]
         raw = await self._claim_script(keys=[self.queue_name], args=args)
         return [_claimed(item) if item else None for item in raw]
 
@@ -254,6 +275,7 @@ def build_worker(
     job_lease_s: float = 30.0,
     poll_delay_s: float = 0.05,
     preload: tuple[str, ...] = (),
+    count_runs: str = "",
 ) -> _Worker:
     """An arq worker running `deliver(ctx, delivery_id)` with our serializer and no result keys;
     with `preload` (key prefixes), `deliver(ctx, delivery_id, preloaded)`, the hashes
@@ -282,6 +304,7 @@ def build_worker(
     # arq claims a job for job_timeout + 10 s; ours is a lease that `run` keeps renewing.
     worker.in_progress_timeout_s = job_lease_s
     worker.preload = preload
+    worker.count_runs = count_runs
     return worker
 
 

@@ -64,6 +64,9 @@ class DeliveryRecord(BaseModel):
     held_s: float = Field(
         default=0.0, description="seconds put back without an attempt (breaker open, waiting its turn)"
     )
+    # Runs of its job that never ended, this one included (UNFINISHED): more than one, and a
+    # worker died while running it.
+    unfinished: int = Field(default=0, exclude=True)
     encrypted_with: str | None = Field(default=None, description="key id that sealed the stored payload")
     headers: dict[str, str] = Field(default_factory=dict, exclude=True)
     body: bytes = Field(default=b"", exclude=True)
@@ -102,6 +105,9 @@ async def load(
 # What the worker reads to start a delivery, by key prefix (the delivery id appended): its hash
 # and the commands already applied. The job's claim reads them (`arq_adapter` `preload`).
 PRELOAD = (keys.DELIVERY, keys.DONE)
+# The delivery's field counting its job's runs that have not ended (the claim adds one, an end
+# short of done sets 0, a replay too): what a worker that died while running it left behind.
+UNFINISHED = "unfinished"
 
 
 async def load_for_work(
@@ -167,6 +173,7 @@ def _record(
         replayed_at=int(_text(raw, "replayed_at", "0")) / 1000 or None,
         cut=b"cut" in raw,
         held_s=float(_text(raw, "held_s", "0")),
+        unfinished=int(_text(raw, UNFINISHED, "0")),
         encrypted_with=sealed_with,
         headers=headers,
         body=body,
@@ -301,7 +308,7 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq')
 if not found[1] then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]', 'replayed_at', ARGV[3],
-  'held_s', 0)
+  'held_s', 0, 'unfinished', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('ZADD', ARGV[4] .. found[1], tonumber(found[2] or '0'), ARGV[1])
