@@ -26,10 +26,14 @@ class TableInfo:
     field_ids: frozenset[str] = frozenset()
 
     @classmethod
-    def from_response(cls, table_id: str, body: dict[str, Any]) -> TableInfo:
+    def from_response(cls, table_id: str, body: Any) -> TableInfo:
+        """What the table's answer says of its states and custom fields; anything of another
+        shape than expected (not an object, a list that is not a list, an item that is not an
+        object) counts as missing, never as an error."""
+        lead_states, custom_fields = _items(body, "leadStates"), _items(body, "customFields")
         states: dict[str, str] = {}
         default: str | None = None
-        for state in body.get("leadStates") or []:
+        for state in lead_states:
             if not isinstance(state, dict) or state.get("id") is None:
                 continue
             state_id = str(state["id"])
@@ -38,19 +42,15 @@ class TableInfo:
             if state.get("default") is True and default is None:
                 default = state_id
         fields: dict[str, str] = {}
-        for custom in body.get("customFields") or []:
+        for custom in custom_fields:
             if (
                 isinstance(custom, dict)
                 and custom.get("id") is not None
                 and isinstance(custom.get("name"), str)
             ):
                 fields[custom["name"].strip().lower()] = str(custom["id"])
-        field_ids = frozenset(
-            str(c["id"]) for c in body.get("customFields") or [] if isinstance(c, dict) and c.get("id")
-        )
-        state_ids = frozenset(
-            str(s["id"]) for s in body.get("leadStates") or [] if isinstance(s, dict) and s.get("id")
-        )
+        field_ids = frozenset(str(c["id"]) for c in custom_fields if isinstance(c, dict) and c.get("id"))
+        state_ids = frozenset(str(s["id"]) for s in lead_states if isinstance(s, dict) and s.get("id"))
         return cls(table_id, states, state_ids, default, fields, field_ids)
 
     def state_id(self, name_or_id: str) -> str | None:
@@ -109,3 +109,8 @@ class TableCache:
                 raise MappingError(f"table {table_id} has no custom field {name!r}")
             resolved[field_id] = value
         return resolved
+
+
+def _items(body: Any, name: str) -> list[Any]:
+    found = body.get(name) if isinstance(body, dict) else None
+    return found if isinstance(found, list) else []
