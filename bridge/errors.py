@@ -17,6 +17,7 @@
         ├── MappingError             the mapping cannot produce commands (permanent)
         ├── UpstreamError            the Connect API (or an enrich source) answered badly or not at all
         ├── WaitForLink              a patch found no linked entry yet (retryable)
+        ├── MappingNotLoaded         the delivery's mapping is not loaded here (yet) (retryable)
         └── Deferred                 try again later without counting an attempt
             ├── CircuitOpen          the upstream looks down (shared circuit breaker)
             └── OrderWait            an earlier delivery for the same record goes first
@@ -156,6 +157,15 @@ class UpstreamError(DeliveryError):
 
 class WaitForLink(DeliveryError):
     """A patch found no linked entry: the create may still be in flight, so try again later."""
+
+    retryable = True
+
+
+class MappingNotLoaded(DeliveryError):
+    """The delivery's mapping is not loaded in this worker: it may be on its way (on Kubernetes a
+    ConfigMap reaches each pod on its own delay, so a web pod can accept for a mapping a worker
+    does not have yet; an editor saving by rename leaves the folder without it for a moment), so
+    try again, for as long as a patch waits for its create (BRIDGE_LINK_WAIT_S)."""
 
     retryable = True
 

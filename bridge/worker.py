@@ -35,7 +35,15 @@ from redis.exceptions import RedisError
 
 from bridge.connect import bodies
 from bridge.connect.tables import TableCache
-from bridge.errors import Deferred, DeliveryError, InboundError, MappingError, UpstreamError, WaitForLink
+from bridge.errors import (
+    Deferred,
+    DeliveryError,
+    InboundError,
+    MappingError,
+    MappingNotLoaded,
+    UpstreamError,
+    WaitForLink,
+)
 from bridge.mapping.commands import LeadCommand, Plan
 from bridge.mapping.compiled import CompiledMapping
 from bridge.metrics import Metrics
@@ -212,7 +220,10 @@ class Deliverer:
     async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
         mapping = self.mappings.get(record.mapping)
         if mapping is None:
-            return await self._dead(record, f"no mapping named {record.mapping!r} is loaded", None)
+            # Meanwhile it holds up no delivery of another mapping of its link namespace.
+            await self.ordering.leave_unplanned(record.id, record.mapping)
+            missing = MappingNotLoaded(f"no mapping named {record.mapping!r} is loaded")
+            return await self._failed(record, missing, None)
         if record.payload_error:
             return await self._dead(record, f"stored payload cannot be read: {record.payload_error}", None)
         command: LeadCommand | None = None
@@ -306,8 +317,9 @@ class Deliverer:
         if not exc.retryable:
             return await self._dead(record, exc.message, command, recorded=True, status=exc.status)
         age_s = record.retry_age_s(time.time())
+        waiting = isinstance(exc, WaitForLink | MappingNotLoaded)  # bounded by BRIDGE_LINK_WAIT_S
         delay = self.policy.next_delay_s(
-            attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=isinstance(exc, WaitForLink)
+            attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=waiting
         )
         if delay is None or self._outlives_record(record, delay):
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"

@@ -16,7 +16,7 @@ from bridge.queue import arq_adapter, deliveries, keys
 from bridge.sandbox import DEMO_TABLE_ID
 from bridge.worker import Deliverer
 from tests.delivery_support import env, leadbridge
-from tests.pipeline import Pipeline, pipeline, sign
+from tests.pipeline import CONTACT_MAPPING, Pipeline, pipeline, sign
 from tests.servers import until
 
 SIGNUP = f"""\
@@ -427,3 +427,51 @@ async def test_purge_during_a_running_replay_leaves_no_record_without_expiry(
         # Every key of the delivery still expires (retention: payloads are personal data).
         for key in (keys.delivery(delivery_id), keys.done(delivery_id)):
             assert await pipe.redis.ttl(key) > 0, f"{key} has no expiry: {await pipe.redis.hgetall(key)}"
+
+
+async def test_a_delivery_whose_mapping_is_not_loaded_yet_waits_for_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A web pod can accept for a mapping that a worker does not have yet (a ConfigMap reaches
+    each pod on its own delay): the worker retries, for up to BRIDGE_LINK_WAIT_S, and delivers
+    it once the mapping arrives, rather than dead-lettering it at once."""
+    mappings = tmp_path / "m"
+    other = CONTACT_MAPPING.replace("name: contact", "name: other")
+    files = {"other.yaml": other}
+    async with pipeline(redis_url, mappings, mapping_files=files, worker=False, BRIDGE_LINK_WAIT_S=9) as pipe:
+        (mappings / "contact.yaml").write_text(CONTACT_MAPPING)
+        assert pipe.runtime.mappings.reload()  # the web pod has it...
+        delivery_id = (await pipe.send_signed({"data": {"email": "m@example.com"}})).json()["delivery_id"]
+        (mappings / "contact.yaml").unlink()
+        assert pipe.runtime.mappings.reload()  # ...the worker (this runtime, from now on) not yet
+        await pipe.runtime.start_worker()
+
+        async def tried_twice() -> bool:
+            record = await deliveries.load(pipe.redis, delivery_id)
+            return record is not None and record.attempts >= 2
+
+        await until(tried_twice)
+        assert await pipe.delivery_status(delivery_id) == "retrying"
+        (mappings / "contact.yaml").write_text(CONTACT_MAPPING)
+        assert pipe.runtime.mappings.reload()
+        await pipe.wait_status(delivery_id, "delivered")
+        assert [e["data"]["email"] for e in await pipe.entries()] == ["m@example.com"]
+
+
+async def test_a_delivery_whose_mapping_never_comes_is_dead_lettered_after_the_wait(
+    redis_url: str, tmp_path: Path
+) -> None:
+    mappings = tmp_path / "m"
+    other = CONTACT_MAPPING.replace("name: contact", "name: other")
+    files = {"other.yaml": other, "contact.yaml": CONTACT_MAPPING}
+    async with pipeline(
+        redis_url, mappings, mapping_files=files, worker=False, BRIDGE_LINK_WAIT_S=0.5
+    ) as pipe:
+        delivery_id = (await pipe.send_signed({"data": {"email": "n@example.com"}})).json()["delivery_id"]
+        (mappings / "contact.yaml").unlink()
+        assert pipe.runtime.mappings.reload()
+        await pipe.runtime.start_worker()
+        record = await _dead(pipe, delivery_id)
+        assert record.reason is not None
+        assert record.reason.endswith("no mapping named 'contact' is loaded"), record.reason
+        assert record.attempts >= 1
