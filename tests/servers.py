@@ -13,21 +13,26 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from bridge.http.server import Server
+from bridge.http.server import Server, server_config
+from bridge.settings import Settings
 
 T = TypeVar("T")
 
 
 @asynccontextmanager
-async def serve(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Run `app` on a free loopback port in this event loop; yields its base URL."""
+async def serve(app: Any, host: str = "127.0.0.1", settings: Settings | None = None) -> AsyncIterator[str]:
+    """Run `app` on a free loopback port in this event loop; yields its base URL. With
+    `settings`, as leadbridge serves (`server_config`: its HTTP protocol and bounds)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
-    )
+    if settings is not None:
+        config = server_config(app, host, port, settings)
+    else:
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
+        )
     server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

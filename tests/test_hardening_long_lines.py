@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.http.server import Server, server_config
-from bridge.processes import bind
 from bridge.settings import Settings
-from tests.servers import until
+from tests.servers import serve
 
 
 async def _ok(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -19,13 +17,8 @@ async def _ok(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_a_header_line_growing_past_the_head_bound_is_refused_before_it_ends() -> None:
-    settings = Settings(BRIDGE_HEADER_TIMEOUT_S=20)
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = Server(server_config(_ok, "127.0.0.1", port, settings))  # type: ignore[arg-type]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await until(lambda: server.started or task.done())
+    async with serve(_ok, settings=Settings(BRIDGE_HEADER_TIMEOUT_S=20)) as url:
+        port = int(url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: ")
         sent, reset = 0, False
@@ -48,10 +41,6 @@ async def test_a_header_line_growing_past_the_head_bound_is_refused_before_it_en
         # refused (a 400, or the connection closed) once the bound is passed, not held while the
         # line grows: the server read 16 MiB of one header without a word
         assert reset or answer.startswith(b"HTTP/1.1 400") or reader.at_eof(), (sent, answer[:60])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-        sock.close()
 
 
 async def test_a_trailer_line_that_never_ends_is_cut_off_too() -> None:
@@ -64,12 +53,8 @@ async def test_a_trailer_line_that_never_ends_is_cut_off_too() -> None:
             pass
         await _ok(scope, receive, send)
 
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = Server(server_config(reads, "127.0.0.1", port, settings))  # type: ignore[arg-type]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await until(lambda: server.started or task.done())
+    async with serve(reads, settings=settings) as url:
+        port = int(url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         writer.write(head + b"2\r\n{}\r\n0\r\nX-T: ")  # a trailer line that never ends
@@ -89,7 +74,3 @@ async def test_a_trailer_line_that_never_ends_is_cut_off_too() -> None:
             pass
         writer.close()
         assert reset or reader.at_eof()
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-        sock.close()

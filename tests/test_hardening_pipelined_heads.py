@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from starlette.types import Receive, Scope, Send
 
-from bridge.http.server import Server, server_config
-from bridge.processes import bind
 from bridge.settings import Settings
-from tests.servers import until
+from tests.servers import serve
 
 
 async def _slow_then_answer(scope: Scope, receive: Receive, send: Send) -> None:
@@ -27,24 +23,10 @@ async def _slow_then_answer(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@asynccontextmanager
-async def _served() -> AsyncIterator[int]:
-    settings = Settings(BRIDGE_HEADER_TIMEOUT_S=1, BRIDGE_KEEP_ALIVE_TIMEOUT_S=1)
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = Server(server_config(_slow_then_answer, "127.0.0.1", port, settings))  # type: ignore[arg-type]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await until(lambda: server.started or task.done())
-        yield port
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-        sock.close()
-
-
 async def test_a_pipelined_head_trickled_during_a_slow_answer_is_still_cut_off() -> None:
-    async with _served() as port:
+    settings = Settings(BRIDGE_HEADER_TIMEOUT_S=1, BRIDGE_KEEP_ALIVE_TIMEOUT_S=1)
+    async with serve(_slow_then_answer, settings=settings) as url:
+        port = int(url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\n")
         await writer.drain()
