@@ -79,9 +79,14 @@ async def test_a_permanent_upstream_error_goes_straight_to_the_dlq_with_its_mess
     async with pipeline(redis_url, tmp_path / "m", mapping_files={"team.yaml": BROKEN_TEAM}) as pipe:
         delivery_id = await _post(pipe, "team", {"data": {"people": [{"email": "x@example.com", "appt": 5}]}})
         record = await _dead(pipe, delivery_id)
+
         # The log line says which command and what the upstream answered; the reason is in the DLQ.
-        logged = [r for r in caplog.records if r.getMessage() == "delivery dead-lettered"]
-        assert [(r.delivery_id, r.command, r.status) for r in logged] == [(delivery_id, 0, 400)]  # type: ignore[attr-defined]
+        # (Logged just after the dead letter is written: polled for.)
+        def logged() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage() == "delivery dead-lettered"]
+
+        await until(logged)
+        assert [(r.delivery_id, r.command, r.status) for r in logged()] == [(delivery_id, 0, 400)]  # type: ignore[attr-defined]
         assert record.attempts == 1  # no retries for a 400
         assert [a.status for a in record.history] == [400]
         assert record.reason == (
