@@ -18,7 +18,7 @@ dead-letters such a delivery with that reason instead of crashing. Values stored
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, cast
 
 import orjson
@@ -134,28 +134,12 @@ def _record(
 ) -> DeliveryRecord | None:
     if not raw or b"mapping" not in raw:
         return None
-    failed = raw.get(b"failed_command")
     dead_at = raw.get(b"dead_at")
     sealed_with = _text(raw, "enc") or None
     body, headers, payload_error = _payload(raw, delivery_id, sealed_with, keyring)
-    if failed and crypto.is_sealed(failed):
-        try:
-            failed = _open(keyring, failed, crypto.aad(delivery_id, "failed_command"))
-        except crypto.DecryptError:
-            failed = None
-    # The reason and the attempts' errors may quote the upstream's message about a lead.
-    reason = raw.get(b"reason") or b""
-    if reason and crypto.is_sealed(reason):
-        try:
-            reason = _open(keyring, reason, crypto.aad(delivery_id, "reason"))
-        except crypto.DecryptError as exc:
-            reason = f"(sealed: {exc})".encode()
-    history_raw = raw.get(b"history", b"[]")
-    if crypto.is_sealed(history_raw):
-        try:
-            history_raw = _open(keyring, history_raw, crypto.aad(delivery_id, "history"))
-        except crypto.DecryptError:
-            history_raw = b"[]"
+    failed = _unsealed(raw, "failed_command", delivery_id, keyring, lambda _: None)
+    reason = _unsealed(raw, "reason", delivery_id, keyring, lambda exc: f"(sealed: {exc})".encode()) or b""
+    history_raw = _unsealed(raw, "history", delivery_id, keyring, lambda _: None) or b"[]"
     registered = raw.get(ordering.REGISTERED.encode())
     return DeliveryRecord(
         id=delivery_id,
@@ -180,6 +164,31 @@ def _record(
         payload_error=payload_error,
         registered=orjson.loads(registered) if registered else [],
     )
+
+
+def _sealed(keyring: crypto.Keyring | None, plain: bytes, delivery_id: str, field: str) -> bytes:
+    """A field that may hold lead values, as stored: sealed, bound to its delivery and field,
+    when keys are set (the failed command; the reason and the attempts' errors, which keep the
+    upstream's own message)."""
+    return keyring.seal(plain, crypto.aad(delivery_id, field)) if keyring else plain
+
+
+def _unsealed(
+    raw: dict[bytes, bytes],
+    field: str,
+    delivery_id: str,
+    keyring: crypto.Keyring | None,
+    unopened: Callable[[crypto.DecryptError], bytes | None],
+) -> bytes | None:
+    """A `_sealed` field as written (stored in clear before encryption was on: as it is), or
+    what `unopened` makes of the error when it cannot be opened."""
+    value = raw.get(field.encode())
+    if not value or not crypto.is_sealed(value):
+        return value
+    try:
+        return _open(keyring, value, crypto.aad(delivery_id, field))
+    except crypto.DecryptError as exc:
+        return unopened(exc)
 
 
 def _open(keyring: crypto.Keyring | None, sealed: bytes, aad: bytes) -> bytes:
@@ -221,9 +230,7 @@ async def record_attempt(
     are set."""
     history = [*record.history, attempt][-MAX_HISTORY:]
     key = keys.delivery(record.id)
-    stored = orjson.dumps([a.model_dump() for a in history])
-    if keyring:
-        stored = keyring.seal(stored, crypto.aad(record.id, "history"))
+    stored = _sealed(keyring, orjson.dumps([a.model_dump() for a in history]), record.id, "history")
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hincrby(key, "attempts", 1)
         pipe.hset(key, mapping={"history": stored, "status": status})
@@ -258,14 +265,15 @@ async def dead_letter(
     the upstream's message about a lead) are sealed when keys are set."""
     now = time.time()
     key = keys.delivery(delivery_id)
-    stored_reason: bytes | str = reason
-    if keyring:
-        stored_reason = keyring.seal(reason.encode(), crypto.aad(delivery_id, "reason"))
-    fields: dict[str, Any] = {"status": "dead", "reason": stored_reason, "dead_at": repr(now)}
-    command = orjson.dumps(failed_command) if failed_command is not None else b""
-    if command and keyring:
-        command = keyring.seal(command, crypto.aad(delivery_id, "failed_command"))
-    fields["failed_command"] = command
+    command = b""
+    if failed_command is not None:
+        command = _sealed(keyring, orjson.dumps(failed_command), delivery_id, "failed_command")
+    fields: dict[str, Any] = {
+        "status": "dead",
+        "reason": _sealed(keyring, reason.encode(), delivery_id, "reason"),
+        "dead_at": repr(now),
+        "failed_command": command,
+    }
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, retention_s)
