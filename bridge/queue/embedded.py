@@ -79,6 +79,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _running(pid: int, sock: Path, owner: int) -> bool:
+    """Whether a server and the leadbridge that started it are both alive, and it answers."""
+    return _pid_alive(owner) and _pid_alive(pid) and _ping(sock)
+
+
 @dataclass
 class EmbeddedValkey:
     """Start (or attach to) the embedded server for one data dir. Use as a context manager."""
@@ -167,10 +172,7 @@ class EmbeddedValkey:
     def running_owner(self) -> int | None:
         """The pid of the live leadbridge process whose server runs for this data dir, if any."""
         state = self._state()
-        if state is None:
-            return None
-        pid, sock, owner = state
-        return owner if _pid_alive(owner) and _pid_alive(pid) and _ping(sock) else None
+        return state[2] if state is not None and _running(*state) else None
 
     def _state(self) -> tuple[int, Path, int] | None:
         """(server pid, socket, owner pid) as the server's starter wrote them, if readable."""
@@ -185,7 +187,7 @@ class EmbeddedValkey:
         if state is None:
             return False
         pid, sock, owner = state
-        if _pid_alive(owner) and _pid_alive(pid) and _ping(sock):
+        if _running(pid, sock, owner):
             self.socket_path = sock
             return True
         # Stale: its owner is gone (a kill -9), and the server dies with it. Make sure it has

@@ -377,8 +377,8 @@ class Ordering:
             except asyncio.CancelledError:
                 # Cut (a drain, the job's time limit) after the script may have taken the lock
                 # but before its answer came: release it under our token (a no-op if the script
-                # did not take it), shielded as below, rather than leave it held for the lease.
-                await asyncio.shield(self._release(keys=[step.lock], args=[token]))
+                # did not take it), rather than leave it held for the lease.
+                await self._let_go(step.lock, token)
                 raise
             look_names, look_args = names, args  # registered by the first look
             kind = int(found[0])
@@ -415,11 +415,14 @@ class Ordering:
         finally:
             await cancel_and_wait(renewal)
             if not held.ended:
-                # In a task of its own: this one may be being cancelled (a drain, the job's time
-                # limit), and on Python 3.11.0-3.11.2 redis-py's zero timeout when it takes a
-                # pooled connection then raises CancelledError (gh-102780), so the lock would
-                # stay held, and the record wait, until its lease ran out.
-                await asyncio.shield(self._release(keys=[step.lock], args=[token]))
+                await self._let_go(step.lock, token)
+
+    async def _let_go(self, lock: str, token: str) -> None:
+        """Release `lock` if `token` holds it, from a turn that may be being cancelled (a drain,
+        the job's time limit): in a task of its own, since on Python 3.11.0-3.11.2 redis-py's
+        zero timeout when it takes a pooled connection then raises CancelledError (gh-102780),
+        so the lock would stay held, and the record wait, until its lease ran out."""
+        await asyncio.shield(self._release(keys=[lock], args=[token]))
 
     async def link(self, held: Turn, entry_id: str) -> None:
         """Link the step's record to `entry_id` now, before the step ends (`end` links it too):
