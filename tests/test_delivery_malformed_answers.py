@@ -6,8 +6,6 @@ an immediate "internal error" dead letter. With the default aiohttp pool, aiohtt
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from bridge.errors import UpstreamError
 from bridge.queue import deliveries
 from tests.pipeline import pipeline
 from tests.servers import until
+from tests.test_enrich import meta_pipeline_at, post_meta
 
 REPO = Path(__file__).resolve().parent.parent
 PAYLOADS = REPO / "tests" / "fixtures" / "payloads"
@@ -119,22 +118,10 @@ async def test_an_enrich_source_answering_garbled_once_is_retried(redis_url: str
 
     calls: list[int] = []
     server = await asyncio.start_server(graph, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    secret = "meta-test-app-secret"
-    environ = {
-        "META_APP_SECRET": secret,
-        "META_VERIFY_TOKEN": "verify-me",
-        "META_GRAPH_URL": f"http://127.0.0.1:{port}/v21.0",
-        "META_PAGE_TOKEN": "meta-test-page-token",
-    }
-    files = {"meta.yaml": (REPO / "mappings" / "meta-lead-ads-form.yaml").read_text()}
+    graph_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        async with pipeline(redis_url, tmp_path / "m", mapping_files=files, environ=environ) as pipe:
-            body = (PAYLOADS / "meta-lead-ads-form.json").read_bytes()
-            signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            headers = {"content-type": "application/json", "x-hub-signature-256": signature}
-            response = await pipe.post("meta-lead-ads-form", body, headers)
-            delivery_id = response.json()["delivery_id"]
+        async with meta_pipeline_at(redis_url, tmp_path, graph_url) as pipe:
+            delivery_id = await post_meta(pipe, (PAYLOADS / "meta-lead-ads-form.json").read_bytes())
             status = await pipe.wait_status(delivery_id, "delivered", "dead", timeout_s=15)
             record = await deliveries.load(pipe.redis, delivery_id)
             assert record is not None
