@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import orjson
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
 
 from bridge.app import create_app
 from bridge.queue import deliveries
@@ -121,8 +123,11 @@ async def pipeline(
     mapping_files: dict[str, str] | None = None,
     environ: dict[str, str] | None = None,
     worker: bool = True,
+    upstream_routes: Sequence[BaseRoute] = (),
     **overrides: Any,
 ) -> AsyncIterator[Pipeline]:
+    """Sandbox, runtime (web and, with `worker`, worker) and web server on loopback.
+    `upstream_routes` answer before the sandbox's own (an upstream that misbehaves its way)."""
     files = mapping_files if mapping_files is not None else {"contact.yaml": CONTACT_MAPPING}
     mappings_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -130,7 +135,8 @@ async def pipeline(
     settings = test_settings(mappings_dir, **overrides)
     sandbox_app = create_sandbox_app(DEMO_API_KEY)
     async with AsyncExitStack() as stack:
-        sandbox_url = await stack.enter_async_context(serve(sandbox_app))
+        upstream = Starlette(routes=[*upstream_routes, Mount("/", sandbox_app)]) if upstream_routes else None
+        sandbox_url = await stack.enter_async_context(serve(upstream or sandbox_app))
         runtime = Runtime(
             settings,
             redis_url=redis_url,
