@@ -107,6 +107,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_overdue = False
         self._progress = False  # a parser callback ran during this data_received
         self._silent = 0  # bytes fed since the parser last reported anything
+        self._in_trailers = False  # the current request's headers are complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,6 +143,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = True
         super().on_message_begin()
         self._head_bytes = 0
+        self._in_trailers = False
         if self._head_timer is None:
             self._arm()
 
@@ -152,6 +154,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._progress = True
+        if self._in_trailers:
+            # A chunked body's trailer. uvicorn appends it to the request's headers (the list
+            # the app's scope holds), so an app reading its headers after the body would take
+            # it for one: a signature or forwarding header added after a proxy checked the
+            # head. Dropped, as the ASGI spec's scope has no place for trailers; their size
+            # still counts towards max_head_bytes.
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self.transport.close()  # the request's own answer may be under way: no 400
+            return
         self._count(len(name) + len(value) + 4)
         if len(self.headers) >= self.max_headers:
             raise HeadTooLarge()
@@ -161,6 +173,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._progress = True
         self._disarm()
         self._head_overdue = False
+        self._in_trailers = True
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
