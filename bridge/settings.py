@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     circuit_open_s: float = Field(default=5.0, gt=0, alias="BRIDGE_CIRCUIT_OPEN_S")
     circuit_max_open_s: float = Field(default=120.0, gt=0, alias="BRIDGE_CIRCUIT_MAX_OPEN_S")
 
+    @field_validator("connect_base_url", "connect_api_key", "admin_token", "encryption_keys", mode="before")
+    @classmethod
+    def _strip_whitespace(cls, value: object) -> object:
+        # A value read from a file (a Kubernetes Secret or ConfigMap, `echo` into a .env) often
+        # ends in a newline: in a URL or an Authorization header it breaks every upstream call
+        # (and every admin call).
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("connect_base_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:

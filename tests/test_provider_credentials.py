@@ -167,6 +167,20 @@ def test_a_url_token_with_a_plus_as_pasted_into_the_vendors_settings(name: str) 
             provider.verify(request(body, headers, _Query(raw)), NOW_S)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("suffix", ["\n", "\r\n"])
+def test_a_secret_read_from_a_file_with_its_line_break_still_verifies(suffix: str) -> None:
+    """`kubectl create secret --from-file` keeps the file's last newline; no vendor's secret has one."""
+    provider = build_provider("token", {"token": ["new-token" + suffix, "\nold-token"]})
+    provider.verify(request(query={"token": "new-token"}), NOW_S)
+    provider.verify(request(query={"token": "old-token"}), NOW_S)
+    password = build_provider("basic-auth", {"username": "u", "password": "p4ss" + suffix})
+    password.verify(request(headers=basic("u", "p4ss")), NOW_S)
+    with pytest.raises(Unauthorized):  # only line breaks go: the secret is otherwise as given
+        password.verify(request(headers=basic("u", "p4s")), NOW_S)
+    with pytest.raises(ValidationError):  # nothing but a line break is still an empty secret
+        build_provider("token", {"token": suffix})
+
+
 def test_token_header_name_is_configurable() -> None:
     provider = build_provider("token", {"token": "t0k", "header": "X-Unbounce-Secret"})
     provider.verify(request(headers=JSON | {"x-unbounce-secret": "t0k"}), NOW_S)

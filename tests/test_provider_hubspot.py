@@ -137,6 +137,12 @@ def test_v3_signature_with_a_space_for_a_plus_is_taken_back() -> None:
         )
 
 
+def test_a_client_secret_with_a_trailing_newline_verifies() -> None:
+    timestamp = int(NOW_S * 1000)
+    headers = v3_headers(SDK_SECRET, "POST", SDK_URL, BODY, timestamp)
+    build_provider("hubspot", {"secret": SDK_SECRET + "\n"}).verify(request(headers), NOW_S)
+
+
 def test_v3_timestamp_tolerance_both_ways() -> None:
     hubspot = provider()
     for offset_s in (-299, 299):

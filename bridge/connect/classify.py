@@ -31,7 +31,7 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
         return None
     value = value.strip()
     seconds: float
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true of "²", which float() refuses
         seconds = float(value)
     else:
         try:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeAlias, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from bridge.errors import UnsupportedMediaType
 
@@ -49,8 +49,15 @@ def _non_empty(value: SecretStr) -> SecretStr:
     return value
 
 
+def _without_line_breaks(value: object) -> object:
+    # A secret put in a Kubernetes Secret from a file (`--from-file`), or into a variable with
+    # `echo`, usually ends in a newline, which no vendor's secret has and no header can carry:
+    # kept, it would make every signature check fail and every webhook a 401.
+    return value.strip("\r\n") if isinstance(value, str) else value
+
+
 # One secret (token, password) or a non-empty list of them, for rotation; never empty strings.
-Secret: TypeAlias = Annotated[SecretStr, AfterValidator(_non_empty)]
+Secret: TypeAlias = Annotated[SecretStr, BeforeValidator(_without_line_breaks), AfterValidator(_non_empty)]
 Secrets: TypeAlias = Secret | Annotated[list[Secret], Field(min_length=1)]
 
 # Event ids become part of a dedupe key: longer ids are replaced by their hash.
