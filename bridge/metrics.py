@@ -49,8 +49,11 @@ class Metrics:
             "leadbridge_queue_oldest_age_seconds", "Age of the oldest delivery due in the queue", registry=r
         )
         self.dlq_size = Gauge("leadbridge_dlq_size", "Deliveries in the dead-letter queue", registry=r)
+        # Exported only by a process that runs a worker (`serve_worker`): every other gauge is read
+        # from the shared queue by any process, so this one is what tells a worker was scraped
+        # (the alert LeadbridgeWorkerMetricsAbsent is `absent()` of it).
         self.jobs_in_flight = Gauge(
-            "leadbridge_worker_jobs_in_flight", "Deliveries being processed by this worker", registry=r
+            "leadbridge_worker_jobs_in_flight", "Deliveries being processed by this worker", registry=None
         )
         self.worker_heartbeat = Gauge(
             "leadbridge_worker_heartbeat_timestamp_seconds",
@@ -67,6 +70,13 @@ class Metrics:
         # Labelled children by (metric, label values): `labels()` validates and locks on every
         # call, a cost per webhook and per upstream call; the label sets are few and bounded.
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._worker = False
+
+    def serve_worker(self) -> None:
+        """This process runs a worker: export the worker's own series."""
+        if not self._worker:
+            self.registry.register(self.jobs_in_flight)
+            self._worker = True
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         key = (id(metric), *values)

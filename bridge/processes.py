@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from bridge.errors import ConfigError
 from bridge.runtime import Runtime
-from bridge.settings import Settings
+from bridge.settings import Settings, redacted_url
 
 log = logging.getLogger("bridge")
 
@@ -153,7 +153,7 @@ def _print_banner(base: str, runtime: Runtime, upstream: Upstream | None) -> Non
         f"leadbridge is running: webhooks at {base}/hooks/<mapping>",
         f"  mappings loaded: {', '.join(sorted(runtime.mappings.current.names)) or '(none)'}",
         f"  upstream: {upstream.base_url if upstream else runtime.settings.connect_base_url}",
-        f"  queue: {runtime.redis_url}",
+        f"  queue: {redacted_url(runtime.redis_url)}",
         f"  metrics: {base}/metrics   health: {base}/readyz",
     ]
     if upstream is not None and "website-contact" in runtime.mappings.current.names:

@@ -156,6 +156,7 @@ class Runtime:
         from bridge.queue.circuit import CircuitBreaker, CircuitConfig, GuardedConnect
         from bridge.worker import Deliverer
 
+        self.metrics.serve_worker()
         if self._upstream is None:
             base_url, key = self.settings.require_upstream()
             self._upstream = (base_url, key.get_secret_value())
@@ -236,7 +237,7 @@ class Runtime:
                 task.exception()  # retrieved: nothing to report at shutdown
         self._tasks.clear()
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(keys.HEARTBEAT + self.worker_id)
+            await self.redis.zrem(keys.HEARTBEATS, self.worker_id)
         if self._enrich is not None:
             await self._enrich.aclose()
         if self._http is not None:
@@ -250,19 +251,25 @@ class Runtime:
         log.warning("upstream circuit breaker %s", "open: deliveries pause" if is_open else "closed")
 
     async def _heartbeat(self) -> None:
-        key = keys.HEARTBEAT + self.worker_id
+        # One sorted set for every worker, read with one command: not a key per worker found by
+        # SCAN, which walks the whole keyspace (millions of delivery keys) at each probe/scrape.
         while True:
+            now = time.time()
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.set(key, repr(time.time()), ex=HEARTBEAT_TTL_S)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.zadd(keys.HEARTBEATS, {self.worker_id: now})
+                    pipe.zremrangebyscore(keys.HEARTBEATS, "-inf", f"({now - HEARTBEAT_TTL_S}")
+                    pipe.expire(keys.HEARTBEATS, HEARTBEAT_TTL_S)
+                    await pipe.execute()
             aio.stop_if_cancelled()
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def worker_heartbeats(self) -> int:
+        """Worker processes with a heartbeat in the last HEARTBEAT_TTL_S."""
         try:
-            found = [k async for k in self.redis.scan_iter(match=keys.HEARTBEAT + "*", count=100)]
+            return int(await self.redis.zcount(keys.HEARTBEATS, time.time() - HEARTBEAT_TTL_S, "+inf"))
         except (RedisError, OSError):
             return 0
-        return len(found)
 
     async def refresh_gauges(self) -> None:
         try:
@@ -271,10 +278,8 @@ class Runtime:
             self.metrics.queue_oldest_age.set(age)
             self.metrics.dlq_size.set(await deliveries.dlq_size(self.redis, self.settings.retention_s))
             self.metrics.circuit_open.set(1 if await circuit.read_state(self.redis) == "open" else 0)
-            beats = [k async for k in self.redis.scan_iter(match=keys.HEARTBEAT + "*", count=100)]
-            if beats:
-                values = [v for v in await self.redis.mget(beats) if v is not None]
-                if values:
-                    self.metrics.worker_heartbeat.set(max(float(v) for v in values))
+            latest = await self.redis.zrange(keys.HEARTBEATS, 0, 0, desc=True, withscores=True)
+            if latest:
+                self.metrics.worker_heartbeat.set(float(latest[0][1]))
         except (RedisError, OSError):
             return

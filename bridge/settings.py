@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -124,6 +125,25 @@ class Settings(BaseSettings):
         return self.connect_base_url, self.connect_api_key
 
 
+def redacted_url(url: str) -> str:
+    """`url` without its password (REDIS_URL may carry one, in its user part or its query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = user.partition(":")[0] + ":***@" + host
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}" if sep else name
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; a wrong value is a one-line ConfigError naming the variable."""
     try:
@@ -132,4 +152,8 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
-        raise ConfigError(f"{alias or field}: {first['msg']} (got {first.get('input')!r})") from None
+        got = first.get("input")
+        if "REDIS_URL" in (field, alias) and isinstance(got, str):
+            # It may carry a password, and this message ends up in logs: its scheme is the problem.
+            got = got.partition(":")[0] + ":…"
+        raise ConfigError(f"{alias or field}: {first['msg']} (got {got!r})") from None

@@ -102,7 +102,10 @@ async def post_hook(runtime: Runtime, name: str, scope: Scope, receive: Receive,
     try:
         answer = await _post(runtime, name, scope, receive)
     except Exception:
-        log.exception("unexpected error while receiving a webhook", extra={"mapping": name})
+        # Labelled as refusals are: `name` comes from the URL, a label only when a mapping has it.
+        label = name if runtime.mappings.get(name) is not None else "_unknown"
+        runtime.metrics.count_webhook(label, "error")
+        log.exception("unexpected error while receiving a webhook", extra={"mapping": label})
         answer = JSONResponse({"status": "error", "error": "internal error"}, status_code=500)
     await answer(scope, receive, send)
 

@@ -1,0 +1,132 @@
+"""Metrics and alerts as they behave in the processes leadbridge really runs (web, worker)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from tests.pipeline import pipeline, sign
+
+RULES = Path(__file__).resolve().parent.parent / "k8s/components/monitoring/prometheusrule.yaml"
+
+
+def _alert_expr(name: str) -> str:
+    doc = yaml.safe_load(RULES.read_text())
+    for group in doc["spec"]["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                return str(rule["expr"])
+    raise AssertionError(f"no alert {name}")
+
+
+def _exports(page: str, metric: str) -> bool:
+    return any(re.match(rf"{re.escape(metric)}(\{{| )", line) for line in page.splitlines())
+
+
+async def test_worker_metrics_absent_alert_fires_when_only_the_web_is_scraped(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """LeadbridgeWorkerMetricsAbsent (`absent(X)`) must see the workers' scrapes only: if the web
+    exports X too, the alert can never fire while the web is scraped (a worker port Prometheus
+    cannot reach, or no worker at all, goes unnoticed)."""
+    (metric,) = re.findall(r"absent\(\s*([a-zA-Z_:][\w:]*)", _alert_expr("LeadbridgeWorkerMetricsAbsent"))
+    async with pipeline(redis_url, tmp_path / "web", worker=True) as with_worker:
+        worker_page = (await with_worker.http.get(f"{with_worker.url}/metrics")).text
+    assert _exports(worker_page, metric), "a worker must export it, or the alert always fires"
+    async with pipeline(redis_url, tmp_path / "web-only", worker=False) as web_only:
+        web_page = (await web_only.http.get(f"{web_only.url}/metrics")).text
+    assert not _exports(web_page, metric), f"the web exports {metric}: absent() never fires"
+
+
+FILL = """
+for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'lb:d:filler' .. i, 'x') end
+return 1
+"""
+
+
+def _scan_calls(info: dict[str, object]) -> int:
+    stats = info.get("cmdstat_scan")
+    return int(stats["calls"]) if isinstance(stats, dict) else 0
+
+
+async def test_readyz_and_metrics_cost_no_keyspace_scan(redis_url: str, tmp_path: Path) -> None:
+    """A week of deliveries is millions of keys (delivery, dedupe, done, arq job): /readyz (every
+    5 s on each pod, 3 s timeout) and /metrics must not walk them all to find the heartbeats."""
+    async with pipeline(redis_url, tmp_path / "mappings", worker=True) as pipe:
+        await pipe.redis.eval(FILL, 0, 50_000)
+        await pipe.redis.config_resetstat()
+        ready = await pipe.http.get(f"{pipe.url}/readyz")
+        page = (await pipe.http.get(f"{pipe.url}/metrics")).text
+        calls = _scan_calls(await pipe.redis.info("commandstats"))
+    assert ready.status_code == 200
+    assert ready.json()["workers"] == 1
+    (beat,) = [
+        float(line.split()[1])
+        for line in page.splitlines()
+        if line.startswith("leadbridge_worker_heartbeat_timestamp_seconds ")
+    ]
+    assert beat > 0
+    assert calls <= 2, f"{calls} SCAN round trips for one /readyz and one /metrics"
+
+
+async def test_a_webhook_answered_500_is_counted(redis_url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """An unexpected error (a provider bug hit by a new payload shape) answers 500: providers
+    retry and then give up, so those webhooks must show in leadbridge_webhooks_total too."""
+    async with pipeline(redis_url, tmp_path / "mappings", worker=False) as pipe:
+        provider = pipe.runtime.mappings.get("contact").provider
+
+        def broken(*args: object, **kwargs: object) -> object:
+            raise RuntimeError("a provider bug")
+
+        monkeypatch.setattr(provider, "verify", broken)
+        raw = orjson.dumps({"data": {"email": "x@example.com"}})
+        answer = await pipe.post("contact", raw, sign(raw))
+        page = (await pipe.http.get(f"{pipe.url}/metrics")).text
+    assert answer.status_code == 500
+    assert 'leadbridge_webhooks_total{mapping="contact",outcome="error"} 1.0' in page
+
+
+async def test_the_run_banner_prints_no_redis_password(tmp_path: Path, capsys: Any) -> None:
+    """`leadbridge run` prints where its queue is; a REDIS_URL carries the store's password."""
+    from bridge.processes import _print_banner
+    from bridge.runtime import Runtime
+    from tests.pipeline import CONTACT_MAPPING, SECRET, test_settings
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "contact.yaml").write_text(CONTACT_MAPPING)
+    for url in (
+        "redis://leadbridge:s3cret-pass@redis.internal:6379/0",
+        "rediss://:s3cret-pass@redis.internal:6380",
+        "redis://redis.internal:6379/0?password=s3cret-pass",
+    ):
+        runtime = Runtime(test_settings(tmp_path / "m"), redis_url=url, environ={"CONTACT_SECRET": SECRET})
+        try:
+            runtime.load_mappings()
+            _print_banner("http://127.0.0.1:8000", runtime, None)
+        finally:
+            await runtime.redis.aclose()
+        err = capsys.readouterr().err
+        assert "redis.internal" in err
+        assert "s3cret-pass" not in err, err
+
+
+def test_a_refused_redis_url_is_reported_without_its_password(monkeypatch: Any) -> None:
+    """A REDIS_URL with a scheme leadbridge does not take (a Sentinel URL, a typo) stops the start
+    with a message that ends up in the pod's log: it must not quote the password."""
+    from bridge.errors import ConfigError
+    from bridge.settings import load_settings
+
+    monkeypatch.setenv("REDIS_URL", "redis+sentinel://:s3cret-pass@sentinel.internal:26379/mymaster")
+    try:
+        load_settings()
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("a redis+sentinel:// URL was accepted")
+    assert "REDIS_URL" in message
+    assert "redis+sentinel" in message
+    assert "s3cret-pass" not in message, message
