@@ -23,7 +23,7 @@ from bridge.connect.classify import MAX_RETRY_AFTER_S, classify, parse_retry_aft
         (409, False, False, True),
         (425, False, False, True),
         (400, False, False, False),
-        (401, False, False, False),
+        (401, False, False, True),  # the key is refused: retried while the breaker holds them
         (403, False, False, False),
         (404, False, False, False),
         (413, False, False, False),

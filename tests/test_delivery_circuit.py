@@ -148,6 +148,7 @@ class FlakyUpstream:
         (UpstreamError("down", retryable=True), True),  # no answer
         (UpstreamError("x", retryable=True, status=503), True),
         (UpstreamError("x", retryable=True, status=408), True),
+        (UpstreamError("x", retryable=True, status=401), True),  # our key refused: every call is
         (UpstreamError("x", retryable=True, status=429, retry_after_s=1), False),  # pacing, not down
         (UpstreamError("x", retryable=False, status=400), False),  # up, and refusing one request
     ],
@@ -230,6 +231,39 @@ async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
         entries = await pipe.entries()
         assert sorted(e["data"]["email"] for e in entries) == sorted(f"c{n}@example.com" for n in range(6))
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 6
+
+
+async def test_a_refused_api_key_holds_deliveries_until_it_is_put_right(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A revoked or rotated CONNECT_API_KEY: the upstream answers every call 401. Each delivery
+    used to go straight to the dead-letter queue, to be replayed by hand once the key was
+    fixed; now the breaker opens and they wait, then go through on their own, each once."""
+    async with pipeline(
+        redis_url,
+        tmp_path / "mappings",
+        BRIDGE_CIRCUIT_MIN_CALLS=3,
+        BRIDGE_CIRCUIT_OPEN_S=0.3,
+        BRIDGE_CIRCUIT_MAX_OPEN_S=0.6,
+    ) as pipe:
+        key = pipe.sandbox._api_key
+        pipe.sandbox._api_key = b"rotated-upstream"  # the key the worker sends is refused now
+        ids = []
+        for n in range(4):
+            response = await pipe.send_signed({"data": {"email": f"k{n}@example.com", "first_name": "K"}})
+            ids.append(response.json()["delivery_id"])
+        metrics = pipe.runtime.metrics
+        await until(lambda: metrics.registry.get_sample_value("leadbridge_circuit_open") == 1, timeout_s=10)
+        assert [await pipe.delivery_status(i) for i in ids].count("dead") == 0
+        assert await deliveries.dlq_ids(pipe.redis) == []
+        assert await pipe.entries() == []
+
+        pipe.sandbox._api_key = key  # put right (in production: the Secret, then a restart)
+        for delivery_id in ids:
+            await pipe.wait_status(delivery_id, "delivered", timeout_s=15)
+        entries = await pipe.entries()
+        assert sorted(e["data"]["email"] for e in entries) == sorted(f"k{n}@example.com" for n in range(4))
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 4
 
 
 async def test_successes_while_closed_are_recorded_in_batches_and_all_counted(redis_client: Redis) -> None:

@@ -4,6 +4,7 @@ classify(status=None, transport_error=True)    -> retryable (connect error, time
 classify(429 / 503, retry_after="7")            -> retryable, not before 7 s
 classify(5xx), classify(408), classify(425)     -> retryable
 classify(409)                                   -> retryable (an idempotent request in flight)
+classify(401)                                   -> retryable (our key is refused: every call is)
 classify(other 4xx)                             -> permanent: dead-letter with the message
 classify(2xx)                                   -> not an error
 """
@@ -14,7 +15,11 @@ import email.utils
 import time
 from dataclasses import dataclass
 
-RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# 401: the upstream refuses the API key itself (revoked, rotated, mistyped), so it would refuse
+# every delivery alike, and nothing was applied. Retried, and counted by the circuit breaker as
+# the upstream being down: deliveries wait, without spending attempts, until the key is put
+# right, rather than every one of them going to the dead-letter queue to be replayed by hand.
+RETRYABLE_4XX = frozenset({401, 408, 409, 425, 429})
 MAX_RETRY_AFTER_S = 3600.0  # a far-future Retry-After cannot park a lead for days
 
 

@@ -131,8 +131,8 @@ class CircuitConfig:
 
 def counts_as_failure(exc: UpstreamError) -> bool | None:
     """True: the upstream looks down; False: it answered; None: a 429, which counts neither way."""
-    if exc.status is None or exc.status >= 500 or exc.status == 408:
-        return True
+    if exc.status is None or exc.status >= 500 or exc.status in (401, 408):
+        return True  # no answer, a failing upstream, or one that refuses our key (every call)
     if exc.status == 429:
         return None
     return False
