@@ -11,6 +11,10 @@ without it, every start would compile every module from source, slower and with 
 `BRIDGE_WORKER_OPTIMIZE=0` to run the worker as started (with its asserts and docstrings).
 
 This module imports nothing heavy: the exec happens before pydantic, redis or aiohttp load.
+
+It also gives SIGTERM a handler first thing. In a container leadbridge is PID 1, and the kernel
+drops any signal PID 1 has no handler for: a SIGTERM during start-up (before the event loop
+installs its own) was lost, and the pod started, took jobs, and was SIGKILLed later, mid-job.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,7 +79,14 @@ def _importable_without_cwd() -> bool:
     return False
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM before the event loop handles it: exit as the default action would (128 + 15),
+    through the `finally`s and `with`s of start-up (an embedded Valkey started is stopped)."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     argv = sys.argv[1:]
     replacement = optimized_argv(argv, os.environ)
     if replacement is not None:

@@ -395,9 +395,13 @@ async def drain(worker: Worker, grace_s: float) -> None:
     commands are idempotent, so cutting it short loses nothing.
     """
     worker.allow_pick_jobs = False
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        await asyncio.wait(running, timeout=grace_s)
+    # Looked at again after each wait: a poll under way when the drain began (it had passed its
+    # look at `allow_pick_jobs` and awaits Redis) still starts the jobs it claims, and they get
+    # what is left of the grace period too, not a cancel as soon as the others end.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while (running := [t for t in worker.tasks.values() if not t.done()]) and loop.time() < deadline:
+        await asyncio.wait(running, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
     for task in worker.tasks.values():
         if not task.done():
             task.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -115,6 +116,14 @@ class EmbeddedValkey:
 
     def start(self) -> EmbeddedValkey:
         self._dir.mkdir(parents=True, exist_ok=True)
+        # One starter at a time per data dir (`serve` and `worker` started together): without
+        # it both find no server.json while the first server starts, and both start one, on
+        # the same append-only files and socket path. The lock goes with the file (or the process).
+        with (self._dir / "start.lock").open("ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start()
+
+    def _start(self) -> EmbeddedValkey:
         if self._attach_existing():
             return self
         sock = _socket_path(self._dir)
