@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import email.utils
+import time
 
 import pytest
 
@@ -41,6 +42,22 @@ def test_retry_after_seconds_and_http_date() -> None:
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(date, now_s=now) == pytest.approx(30.0)
+
+
+def test_retry_after_date_in_minus_0000_is_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 5322's "-0000" is UTC with no zone information: parsed naive, it was read as local time
+    (on a pod with TZ set, hours off: a 1 h cap, or an immediate retry)."""
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30).replace("+0000", "-0000")
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_retry_after(date, now_s=now) == pytest.approx(30.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_retry_after_is_capped_and_garbage_ignored() -> None:

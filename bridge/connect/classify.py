@@ -11,6 +11,7 @@ classify(2xx)                                   -> not an error
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # "-0000" (RFC 5322: UTC, source unknown) parses naive: not local time
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - (time.time() if now_s is None else now_s)
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
