@@ -91,8 +91,10 @@ async def test_requests_over_the_concurrency_bound_are_answered_503(redis_url: s
             # Three clients hold connections open (slow or idle): the bound is reached.
             held = [await asyncio.open_connection(host, port) for _ in range(3)]
             await until(lambda: len(server.server_state.connections) >= 3)
-            refused = await _get(host, port)
+            refused = await _get(host, port, "/readyz")
             assert refused.startswith(b"HTTP/1.1 503"), refused[:80]
+            # the liveness probe alone is answered (tests/test_hardening_liveness.py)
+            assert (await _get(host, port)).startswith(b"HTTP/1.1 200")
             for _, writer in held:
                 writer.close()
             await until(lambda: len(server.server_state.connections) == 0)

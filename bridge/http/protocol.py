@@ -89,6 +89,9 @@ class HeadJoiningTransport(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
 
+LIVENESS_PATH = b"/healthz"  # the request target of the kubelet's liveness probe (k8s/base/web.yaml)
+
+
 class HeadTooLarge(Exception):
     """Raised inside a parser callback; httptools turns it into a parse error (uvicorn: 400)."""
 
@@ -175,7 +178,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_overdue = False
         self._in_trailers = True
         previous = self.cycle
-        super().on_headers_complete()
+        if self.url == LIVENESS_PATH and self.limit_concurrency is not None:
+            # uvicorn answers 503 to every request once limit_concurrency connections are open,
+            # idle keep-alive ones included: under a burst the liveness probe would fail too, and
+            # the kubelet restart every pod just when they are all needed. Answering it costs
+            # nothing (no store, no body read); readiness stays limited, so an overloaded pod
+            # still leaves the Service's rotation.
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+        else:
+            super().on_headers_complete()
         cycle = self.cycle
         # A new cycle (not an upgrade): its task is created but has not run yet.
         if cycle is not None and cycle is not previous:
