@@ -631,9 +631,20 @@ class Deliverer:
             if pinned is not None and not refreshed:
                 body = pinned
             else:
-                body = await build()
-                if not unpinned:
-                    body = await self.sent.pin(idem, body)
+                try:
+                    body = await build()
+                except DeliveryError:
+                    # Its mapping or table changed since an earlier attempt sent it (a state or
+                    # custom field that no longer resolves): that body goes again under its key,
+                    # as any retry's would, or an entry it created would never be linked (the
+                    # record's next event: a second lead). After a 400 it was unpinned.
+                    earlier = None if refreshed else await self.sent.earlier(idem)
+                    if earlier is None:
+                        raise
+                    body = earlier
+                else:
+                    if not unpinned:
+                        body = await self.sent.pin(idem, body)
             try:
                 answer = await send(body)
             except UpstreamError as exc:

@@ -86,6 +86,23 @@ class SentBodies:
             return body
         return pinned
 
+    async def earlier(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The body an earlier attempt pinned under `idempotency_key` (its expiry pushed back),
+        or None: nothing pinned, or a pin that cannot be read. For a request whose body cannot
+        be built now (its mapping or table changed since it was sent)."""
+        name = keys.sent(idempotency_key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(name)
+            pipe.expire(name, self._retention_s)
+            stored, _ = await pipe.execute()
+        if not stored:
+            return None
+        try:
+            pinned: dict[str, Any] = orjson.loads(self._open(idempotency_key, stored))
+        except (crypto.DecryptError, orjson.JSONDecodeError):
+            return None
+        return pinned
+
     async def unpin(self, idempotency_key: str) -> None:
         await self._redis.delete(keys.sent(idempotency_key))
 
