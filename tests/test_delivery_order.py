@@ -175,6 +175,28 @@ async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Re
     assert not await redis_client.exists(name)
 
 
+async def test_a_run_that_outlived_its_lease_does_not_put_an_older_order_back(redis_client: Redis) -> None:
+    """Run A of d1 stalls past its lease (a frozen process, Redis away) while its upstream call is
+    in flight; d2, newer, takes the record's turn and ends with its order. When A ends, the
+    record's order must stay d2's: put back to d1's, a later d3 older than d2 would overwrite
+    d2's newer data."""
+    ordering = Ordering(redis_client, retention_s=60, lease_s=30, wait_s=0.05)
+    stalled = Step("d1-stalled", 1, "link", "lease", 0)
+    async with ordering.turn(stalled, ()) as a:
+        await redis_client.delete(stalled.lock)  # A's lease ran out while it stalled
+        async with ordering.turn(Step("d2-newer", 2, "link", "lease", 0), ()) as b:
+            await ordering.end(b, "entry", leave_pending=True, order="2000", unpin=PINS)
+        await ordering.end(a, "entry", leave_pending=True, order="1000", unpin=PINS)
+    assert await redis_client.get(stalled.order) == b"2000"
+    # an order as text (an ISO time) is compared as text, as the worker compares it
+    text = Step("d3", 3, "link", "text", 0)
+    for order in ("2026-11-29T10:00:00Z", "2026-11-29T09:00:00Z"):
+        async with ordering.turn(text, ()) as held:
+            await ordering.end(held, "entry", leave_pending=True, order=order, unpin=PINS)
+        await redis_client.hdel(keys.done(text.delivery_id), "0")
+    assert await redis_client.get(text.order) == b"2026-11-29T10:00:00Z"
+
+
 async def test_a_turn_cut_before_the_lock_was_answered_releases_it(redis_client: Redis) -> None:
     """A job cut (a drain, its time limit) after the turn's script took the lock but before its
     answer arrived: nobody knows that the lock is held, and the record would wait out the lease."""

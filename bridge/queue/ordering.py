@@ -127,9 +127,12 @@ return {3, redis.call('GET', KEYS[4]) or false, linked, pinned}
 DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 
 # The end of one keyed command, in one round trip: record it done, link the entry, remember the
-# order value, leave pending(K) if this delivery owes K nothing more, release the lock if ours;
-# for the delivery's last command also mark it delivered (what `deliveries.finish` does), take
-# it out of the DLQ, of every ordering set and of the arq queue, and delete its arq job's keys.
+# order value (unless the record's is newer: a run that outlived its lease, whose record a newer
+# delivery has updated since, must not put an older one back; compared as the worker's `_older`
+# does, as numbers when both are, else as text), leave pending(K) if this delivery owes K
+# nothing more, release the lock if ours; for the delivery's last command also mark it delivered
+# (what `deliveries.finish` does), take it out of the DLQ, of every ordering set and of the arq
+# queue, and delete its arq job's keys.
 # KEYS: done hash, lock, pending(K), link, order, delivery, arq job, claim and try counter, DLQ,
 # arq queue, the command's 3 pinned bodies (bridge/queue/sent.py: dropped), then (finishing) the
 # sets to leave.
@@ -139,7 +142,15 @@ END_SCRIPT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('SET', KEYS[5], ARGV[8]) end
+if ARGV[8] ~= '' then
+  local current = redis.call('GET', KEYS[5])
+  local older = false
+  if current then
+    local new, last = tonumber(ARGV[8]), tonumber(current)
+    if new and last then older = new < last else older = ARGV[8] < current end
+  end
+  if not older then redis.call('SET', KEYS[5], ARGV[8]) end
+end
 if ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[12], KEYS[13], KEYS[14])
