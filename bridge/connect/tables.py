@@ -2,13 +2,16 @@
 
 The table response's exact shape is not published: we read `leadStates` (id, name, default) and
 `customFields` (id, name) and ignore anything else. Names in mappings resolve case-insensitively;
-an id resolves to itself. A name that does not resolve refreshes the cached table once (the pool
-may have changed) before it is an error.
+an id resolves to itself. An exact name wins over one that differs only in case; a name that two
+states (or two fields) share, but for case, is an error, never one of them picked at random. A
+name that does not resolve refreshes the cached table once (the pool may have changed) before it
+is an error.
 """
 
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +19,41 @@ from typing import Any
 from bridge.errors import MappingError
 
 
+def name_key(name: str) -> str:
+    """How names compare: case-insensitively (casefold), ignoring surrounding whitespace, with
+    accents composed (NFC), so "qualifié " typed with a combining accent finds "Qualifié"."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
+class _Names:
+    """Names -> ids: an exact name first, else the one name that compares equal (`name_key`).
+    A name two items share (exactly or only but for case) resolves to no id but is `ambiguous`."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self.exact: dict[str, set[str]] = {}
+        self.folded: dict[str, set[str]] = {}
+        for name, item_id in items:
+            self.exact.setdefault(name, set()).add(item_id)
+            self.folded.setdefault(name_key(name), set()).add(item_id)
+
+    def _ids(self, name: str) -> set[str]:
+        return self.exact.get(name) or self.folded.get(name_key(name)) or set()
+
+    def get(self, name: str) -> str | None:
+        ids = self._ids(name)
+        return next(iter(ids)) if len(ids) == 1 else None
+
+    def ambiguous(self, name: str) -> bool:
+        return len(self._ids(name)) > 1
+
+
 @dataclass(frozen=True)
 class TableInfo:
     id: str
-    states_by_name: dict[str, str] = field(default_factory=dict)  # lower-case name -> id
+    states_by_name: _Names = field(default_factory=lambda: _Names([]))
     state_ids: frozenset[str] = frozenset()
     default_state: str | None = None
-    fields_by_name: dict[str, str] = field(default_factory=dict)  # lower-case name -> id
+    fields_by_name: _Names = field(default_factory=lambda: _Names([]))
     field_ids: frozenset[str] = frozenset()
 
     @classmethod
@@ -31,37 +62,37 @@ class TableInfo:
         shape than expected (not an object, a list that is not a list, an item that is not an
         object) counts as missing, never as an error."""
         lead_states, custom_fields = _items(body, "leadStates"), _items(body, "customFields")
-        states: dict[str, str] = {}
+        states: list[tuple[str, str]] = []
         default: str | None = None
         for state in lead_states:
             if not isinstance(state, dict) or state.get("id") is None:
                 continue
             state_id = str(state["id"])
             if isinstance(state.get("name"), str):
-                states[state["name"].strip().lower()] = state_id
+                states.append((state["name"], state_id))
             if state.get("default") is True and default is None:
                 default = state_id
-        fields: dict[str, str] = {}
+        fields: list[tuple[str, str]] = []
         for custom in custom_fields:
             if (
                 isinstance(custom, dict)
                 and custom.get("id") is not None
                 and isinstance(custom.get("name"), str)
             ):
-                fields[custom["name"].strip().lower()] = str(custom["id"])
+                fields.append((custom["name"], str(custom["id"])))
         field_ids = frozenset(str(c["id"]) for c in custom_fields if isinstance(c, dict) and c.get("id"))
         state_ids = frozenset(str(s["id"]) for s in lead_states if isinstance(s, dict) and s.get("id"))
-        return cls(table_id, states, state_ids, default, fields, field_ids)
+        return cls(table_id, _Names(states), state_ids, default, _Names(fields), field_ids)
 
     def state_id(self, name_or_id: str) -> str | None:
         if name_or_id in self.state_ids:
             return name_or_id
-        return self.states_by_name.get(name_or_id.strip().lower())
+        return self.states_by_name.get(name_or_id)
 
     def field_id(self, name_or_id: str) -> str | None:
         if name_or_id in self.field_ids:
             return name_or_id
-        return self.fields_by_name.get(name_or_id.strip().lower())
+        return self.fields_by_name.get(name_or_id)
 
 
 class TableCache:
@@ -91,6 +122,11 @@ class TableCache:
             info = await self.get(table_id, refresh=True)
             resolved = info.default_state if name_or_id is None else info.state_id(name_or_id)
         if resolved is None:
+            if name_or_id is not None and info.states_by_name.ambiguous(name_or_id):
+                raise MappingError(
+                    f"table {table_id} has more than one lead state named {name_or_id!r} "
+                    "(but for case or spaces): give its exact name or its id"
+                )
             what = "a default lead state" if name_or_id is None else f"lead state {name_or_id!r}"
             raise MappingError(f"table {table_id} has no {what}")
         return resolved
@@ -105,6 +141,11 @@ class TableCache:
         resolved: dict[str, Any] = {}
         for name, value in values.items():
             field_id = info.field_id(name)
+            if field_id is None and info.fields_by_name.ambiguous(name):
+                raise MappingError(
+                    f"table {table_id} has more than one custom field named {name!r} "
+                    "(but for case or spaces): give its exact name or its id"
+                )
             if field_id is None:
                 raise MappingError(f"table {table_id} has no custom field {name!r}")
             resolved[field_id] = value

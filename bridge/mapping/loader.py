@@ -238,6 +238,11 @@ def _message(error: Any, hints: set[str]) -> str:
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
         return "required key is missing"
+    if kind == "string_type" and error["loc"] and error["loc"][-1] == "[key]":
+        return (
+            "a name must be text: quote it (YAML reads unquoted yes, no, on, off, true, false, "
+            "null and numbers as other types)"
+        )
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):

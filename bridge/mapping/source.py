@@ -9,6 +9,7 @@ every key path (`("lead", "data", "email")` -> 12), the variables it used and th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,6 +21,7 @@ import yaml
 from bridge.mapping.env import substitute
 
 Loc = tuple[str | int, ...]
+MAX_NODES = 1_000_000  # values in one file, aliases expanded (a shipped mapping has a few hundred)
 
 
 @dataclass
@@ -30,19 +32,26 @@ class Source:
     problems: list[str] = field(default_factory=list)
     env_used: dict[str, str] = field(default_factory=dict, repr=False)
     env_missing: set[Loc] = field(default_factory=set)  # paths whose variable was missing
+    # the text of a key YAML read as another type (`on:` is true, `1:` a number), by its path
+    key_texts: dict[tuple[Any, ...], str] = field(default_factory=dict, repr=False)
 
     def resolve(self, loc: tuple[Any, ...]) -> tuple[Loc, int]:
         """(the field path that exists in the data, plus a trailing missing key; its line)."""
         node: Any = self.data
         kept: list[str | int] = []
-        for position, part in enumerate(loc):
-            in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        for part in loc:
+            # a dict key may be a YAML number or boolean (`1:`, `on:`): its path part is its text
+            in_dict = isinstance(node, dict) and isinstance(part, str | int) and part in node
             in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
             if in_dict or in_list:
                 node = node[part]
+                if not in_list and not isinstance(part, str):
+                    part = self.key_texts.get((*kept, part), str(part))
                 kept.append(part)
-            elif position == len(loc) - 1 and isinstance(part, str) and not part.startswith(("<", "[")):
-                kept.append(part)  # a missing key: reported at its parent's line
+            elif isinstance(part, str) and not part.startswith(("<", "[")):
+                # a missing key (`verify.secret` without `verify:`): reported at its parent's line
+                kept.append(part)
+                node = None
             # anything else is a union tag or a `[key]` marker: not part of the file
         path = tuple(kept)
         for end in range(len(path), -1, -1):
@@ -100,22 +109,46 @@ class _Builder:
         self.source = source
         self.loader = loader
         self.environ = environ
+        self._own: dict[int, set[int]] = {}
+        self._built = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self._built += 1
+        if self._built > MAX_NODES:  # aliases of aliases: a short file can expand exponentially
+            raise yaml.MarkedYAMLError(
+                problem=f"the file expands to more than {MAX_NODES} values (aliases included)",
+                problem_mark=node.start_mark,
+            )
         self.source.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # YAML merge keys (<<)
+            # the mapping's own keys, known before the first flatten (an alias builds it again)
+            own = self._own.setdefault(id(node), {id(key_node) for key_node, _ in node.value})
+            self.loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs come first
             result: dict[Any, Any] = {}
+            merged: set[Any] = set()  # keys taken from a `<<` merge: the mapping's own key overrides
             for key_node, value_node in node.value:
                 key = self.loader.construct_object(key_node, deep=True)
+                if isinstance(key, date):  # an unquoted date as a key (a `map` from dates): its text
+                    key = key.isoformat()
                 if not isinstance(key, str | int | float | bool) and key is not None:
                     raise yaml.MarkedYAMLError(
                         problem="a key must be a scalar", problem_mark=key_node.start_mark
                     )
                 if isinstance(key, str):
                     key = self._substitute(key, loc, key_node.start_mark.line + 1)
-                child = (*loc, key if isinstance(key, str) else str(key))
-                if key in result:
+                if not isinstance(key, str):
+                    self.source.key_texts[(*loc, key)] = str(key_node.value)
+                child = (*loc, key if isinstance(key, str) else str(key_node.value))
+                if id(key_node) not in own:  # from a merge: an earlier merged mapping wins
+                    if key in result:
+                        continue
+                    merged.add(key)
+                elif key in merged:  # the mapping's own key overrides the merged one (YAML 1.1 merge)
+                    merged.discard(key)
+                    overridden = [at for at in self.source.lines if at[: len(child)] == child]
+                    for stale in overridden:
+                        del self.source.lines[stale]
+                elif key in result:
                     line = key_node.start_mark.line + 1
                     self.source.problems.append(
                         f"{self.source.path}:{line}: {format_path(child)}: duplicate key {key!r}"
@@ -128,6 +161,12 @@ class _Builder:
         value = self.loader.construct_object(node, deep=True)
         if isinstance(value, date):  # an unquoted YAML timestamp: keep it as the ISO text
             value = value.isoformat()
+        elif isinstance(value, bytes) or (isinstance(value, float) and not math.isfinite(value)):
+            # !!binary, .nan, .inf: no JSON value (NaN would be sent as null: a delete on a patch)
+            self.source.problems.append(
+                f"{self.source.path}:{node.start_mark.line + 1}: {format_path(loc) or '(file)'}: "
+                f"{'binary data' if isinstance(value, bytes) else 'NaN or infinity'} is not a JSON value"
+            )
         if isinstance(value, str):
             value = self._substitute(value, loc, node.start_mark.line + 1)
         return value

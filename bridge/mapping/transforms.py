@@ -277,7 +277,7 @@ def to_number(value: Any, decimal: str | None = None) -> int | float | None:
         return int(value) if value.is_integer() and abs(value) < 2**53 else value
     if not isinstance(value, str):
         return None
-    text = value.strip()
+    text = trim(value)  # an RTL form's direction marks around the amount too
     if text[-1:].isalpha() or text[:1].isalpha():
         text = _CURRENCY_CODE.sub("", text, count=1)
     text = _DIGIT_GROUPING.sub("", text.strip(_CURRENCY))
@@ -332,7 +332,7 @@ def to_boolean(value: Any) -> bool | None:
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
-        text = value.strip().lower()
+        text = trim(value).lower()
         if text in _TRUE:
             return True
         if text in _FALSE:
@@ -411,7 +411,7 @@ def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | Non
         return _from_epoch(value)
     if not isinstance(value, str):
         return None
-    text = value.strip()
+    text = trim(value)
     if not text:
         return None
     if fmt is not None:
@@ -433,7 +433,10 @@ def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | Non
             return _aware(datetime.strptime(text, candidate), zone)
         except ValueError:
             continue
-    return _aware(parsedate_to_datetime(text), zone)
+    moment = parsedate_to_datetime(text)
+    if moment.tzinfo is None and text.endswith("-0000"):
+        return moment.replace(tzinfo=UTC)  # RFC 2822 §3.3: UTC, the sender's own zone unknown
+    return _aware(moment, zone)
 
 
 def _from_iso(text: str, zone: tzinfo) -> datetime | None:
