@@ -60,3 +60,24 @@ async def test_hubspot_changes_of_different_properties_are_ordered_apart() -> No
     scopes = {event["propertyName"] for event in events}
     assert {(c.key, c.order_scope) for c in plan.commands} == {("123", scope) for scope in scopes}
     assert len(scopes) == 2
+
+
+async def test_hubspot_events_the_mapping_is_not_for_make_no_lead() -> None:
+    """An app subscribed to more than this mapping reads (contact.deletion, contact.creation,
+    another property) gets those events in the same batches: an upsert for each would create,
+    for a contact never seen, a lead with nothing but the default state (a deleted contact's
+    included)."""
+    mapping = shipped("hubspot-contact-sync")
+    events = json.loads((PAYLOADS / "hubspot-contact-sync.json").read_text())
+    base = events[0]
+    bare = {k: v for k, v in base.items() if k not in ("propertyName", "propertyValue")}
+    others = [
+        bare | {"eventId": 901, "subscriptionType": "contact.deletion", "objectId": 777},
+        bare | {"eventId": 902, "subscriptionType": "contact.creation", "objectId": 778},
+        base | {"eventId": 903, "propertyName": "firstname", "propertyValue": "Ana", "objectId": 779},
+    ]
+    plan = await mapping.plan([*events, *others])
+    assert {c.key for c in plan.commands} == {"123"}
+    assert len(plan.commands) == len(events)
+    stage = base | {"propertyName": "lifecyclestage", "propertyValue": "evangelist"}
+    assert [c.state for c in (await mapping.plan([stage])).commands] == ["Won"]
