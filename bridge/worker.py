@@ -52,7 +52,7 @@ from bridge.queue.arq_adapter import JobFinished, Retry
 from bridge.queue.circuit import Upstream
 from bridge.queue.crypto import Keyring
 from bridge.queue.deliveries import Attempt, DeliveryRecord
-from bridge.queue.ordering import Ordering, Pin, Registration, Step
+from bridge.queue.ordering import Ordering, Pin, Registration, Step, Turn
 from bridge.queue.sent import SentBodies, frees_key
 from bridge.retry import RetryPolicy
 from bridge.settings import Settings
@@ -400,7 +400,10 @@ class Deliverer:
             return False
         step = Step(record.id, record.seq, command.link, command.key, command.index, command.order_scope)
         built, pins = await self._turn_pins(command, idem)
-        turn_of = self.ordering.turn(step, self._link_group(record, command.link), registration, pins)
+        # its own create (pinned or not: a body that cannot be built now may have gone before)
+        creates = keys.sent(idem + "c") if command.action != "patch" else ""
+        group = self._link_group(record, command.link)
+        turn_of = self.ordering.turn(step, group, registration, pins, creates)
         del pins  # their sealed bodies: the turn's first round trip sends them, nothing keeps them
         async with turn_of as turn:
             if turn.done:
@@ -428,6 +431,7 @@ class Deliverer:
                 on_created=functools.partial(self.ordering.link, turn),
                 pinned=pinned,
                 earlier=any(found is not None for found in turn.pinned),
+                orphan=functools.partial(self._adopt, record, turn) if turn.orphan else None,
             )
             await self.ordering.end(
                 turn,
@@ -440,6 +444,36 @@ class Deliverer:
             )
         self._count(record, command, outcome)
         return finish
+
+    async def _adopt(self, record: DeliveryRecord, turn: Turn) -> str | None:
+        """The entry made by another delivery's create for this record whose answer never linked
+        it (`Turn.orphan`: lost, and that delivery then dead-lettered, or ignored by a reloaded
+        mapping), linked now: its pinned body sent again under its key, which the upstream
+        answers with the entry it made (or makes it now: that delivery was accepted, so its lead
+        is owed). Without it the record's next create would be a second lead for one person.
+        None when there is nothing to adopt: the body is gone (refused for good, or expired), or
+        the upstream refuses it for good now (the other delivery's problem, not this one's)."""
+        orphan = turn.orphan
+        if orphan is None:
+            return None
+        idem = orphan.removeprefix(keys.SENT)
+        body = await self.sent.earlier(idem)
+        if body is not None:
+            try:
+                entry = await self.connect.create_entry(body, idem)
+            except UpstreamError as exc:
+                if exc.retryable:
+                    raise  # tried again with this delivery; the doubt stays recorded
+                entry = {}
+            if entry.get("id") is not None:
+                log.warning(
+                    "linked the entry of an earlier delivery's create whose answer was lost",
+                    extra={**self._ids(record), "idempotency_key": idem},
+                )
+                await self.ordering.link(turn, str(entry["id"]))
+                return str(entry["id"])
+        await self.ordering.settle(turn, orphan)
+        return None
 
     async def _turn_pins(
         self, command: LeadCommand, idem: str
@@ -507,15 +541,19 @@ class Deliverer:
         on_created: Callable[[str], Awaitable[None]] | None = None,
         pinned: Mapping[str, dict[str, Any]] | None = None,
         earlier: bool = False,
+        orphan: Callable[[], Awaitable[str | None]] | None = None,
     ) -> tuple[str, str | None]:
         """Create or patch under the command's idempotency key `idem`; `last_order` and `linked`
         (the record's entry id) are what the turn read for a keyed command, both None for an
         unkeyed one (always a create). `on_created` gets a new entry's id as soon as the create
         answers (see `_create`). `pinned`: the bodies the turn pinned, by step (`_turn_pins`);
-        `earlier`: an earlier run had pinned one (so may have sent this command)."""
+        `earlier`: an earlier run had pinned one (so may have sent this command). `orphan`: with
+        no entry linked, adopts the entry of another delivery's create in doubt (`_adopt`)."""
         pinned = pinned or {}
         if command.order is not None and last_order is not None and _older(command.order, last_order):
             return "stale", None
+        if linked is None and orphan is not None and command.action != "create":
+            linked = await orphan()
         entry_id = linked if command.action != "create" else None
         if command.action == "patch" and entry_id is None:
             raise WaitForLink("no entry is linked to this record yet (its create may be in flight)")

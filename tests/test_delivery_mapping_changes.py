@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-import pytest
 
+from bridge.queue import deliveries
 from tests.pipeline import sign
 from tests.servers import until
 from tests.test_semantics import SIMPLE, _only_entry, _pipeline, _send
@@ -37,7 +37,6 @@ async def test_a_retry_whose_body_no_longer_builds_sends_the_body_first_sent(
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="open: a plan without the command leaves its entry unlinked")
 async def test_a_retry_that_the_reloaded_mapping_now_ignores_leaves_no_unlinked_entry(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -56,4 +55,27 @@ async def test_a_retry_that_the_reloaded_mapping_now_ignores_leaves_no_unlinked_
         assert pipe.runtime.mappings.reload()
         await pipe.wait_status(first, "ignored", "delivered", "dead")
         await _send(pipe, "simple", {"id": 92, "email": "b@example.com"})
+        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_create_dead_lettered_without_its_answer_is_adopted_by_the_records_next_event(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The create is applied upstream, its answer lost, and the delivery gives up (here after its
+    # one attempt) without learning the entry. The record's next event must not create a second
+    # lead: it sends the dead delivery's create again under its key, which the upstream answers
+    # with the entry it made, links that, and patches it. A replay of the dead one then patches.
+    async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}, BRIDGE_RETRY_MAX_ATTEMPTS=1) as pipe:
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+        raw = orjson.dumps({"id": 93, "email": "a@example.com"})
+        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+        assert await pipe.wait_status(first, "dead") == "dead"
+        await pipe.set_faults()
+        await _send(pipe, "simple", {"id": 93, "email": "b@example.com"})
+        entry = await _only_entry(pipe)
+        assert entry["data"] == {"email": "b@example.com"}
+
+        assert await deliveries.enqueue_again(pipe.redis, first, 60)
+        await pipe.wait_status(first, "delivered")
+        await _only_entry(pipe)
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1

@@ -22,6 +22,7 @@ UNPLANNED = PREFIX + "unplanned:"  # sorted set per mapping: accepted, not yet p
 PENDING = PREFIX + "pending:"  # sorted set per link + hashed key: deliveries owing it a command
 WAKE = PREFIX + "wake"  # pub/sub channel (not a key): new deliveries were queued
 SENT = PREFIX + "sent:"  # string per idempotency key: the body first sent under it (queue/sent.py)
+CREATING = PREFIX + "creating:"  # string per link + hashed key: the SENT key of a create not yet linked
 
 
 def digest(value: str) -> str:

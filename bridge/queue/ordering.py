@@ -26,6 +26,11 @@ holding up later ones, and so does a patch that waits for its record's create (i
 or a create arriving after it would wait for it forever). With `order` set, such a late command is
 then skipped as stale instead of overwriting newer data.
 
+While a record has no entry linked, the turn of a command that creates records that create as
+the record's create in doubt (`creating`: its pinned body's key) until a link settles it; a later
+delivery's turn that finds another's there is told (`Turn.orphan`), so that the worker can adopt
+the entry that create may have made before making a second one (docs/delivery.md).
+
 The lease lock (SET NX PX, renewed while held) keeps a command of a delivery that runs twice at
 once (a job whose lease expired while its worker was stalled) from overlapping itself.
 """
@@ -59,22 +64,25 @@ MIN_DEFER_S = 0.05
 
 # The start of one keyed command, in one round trip, optionally with the delivery's registration
 # (what `Ordering.register` does) first. KEYS: pending(K), K's lock, the delivery's done hash, K's
-# order value, K's link (entry id), the G unplanned sets of the link's mappings, then, when
+# order value, K's link (entry id), K's create in doubt (`creating`), the G unplanned sets of the
+# link's mappings, then, when
 # registering, the delivery's hash, its mapping's unplanned set, the W sets to join and the L
 # sets to leave, and last the keys of its pins (`Pin`). ARGV: seq, arq queue key, lock token,
 # lease ms, command index, G, W (-1: no registration), L, the delivery's new `pending_keys` (''
 # when unchanged), delivery id, retention s, the number P of pins (`Pin`), then each pin's value
 # and when it applies ('a' always, 'u' with no entry linked, 'l' with one); the P pins' keys are
-# the last P KEYS. Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time
-# ms}, {LOCKED, lock ttl ms} or {GO, last order or false, linked entry id or false, {per pin: the
-# body an earlier run pinned, or false}} (lock now held; each pin that applies set, unless one
-# was there).
+# the last P KEYS; and last the key of the command's own create pin ('' if it makes none).
+# Returns {DONE} (applied by an earlier run), {WAIT, blocker id, its due time ms}, {LOCKED, lock
+# ttl ms} or {GO, last order or false, linked entry id or false, {per pin: the body an earlier run
+# pinned, or false}, another delivery's create in doubt or false} (lock now held; each pin that
+# applies set, unless one was there; with no entry linked, `creating` names this command's create
+# pin unless it names another's, which is returned: see `Turn.orphan`).
 # A blocker is alive while its job is in the queue (claimed, due or deferred); one that is not
 # will never run again and is dropped from the set.
 BEGIN_SCRIPT = """
 local g, w, l = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if w >= 0 then
-  local r = 5 + g
+  local r = 6 + g
   for i = r + 3, r + 2 + w do
     redis.call('ZADD', KEYS[i], ARGV[1], ARGV[10])
     redis.call('EXPIRE', KEYS[i], ARGV[11])
@@ -98,7 +106,7 @@ local function first(set)
     redis.call('ZREM', set, found)
   end
 end
-for i = 6, 5 + g do
+for i = 7, 6 + g do
   local found = first(KEYS[i])
   if found then return found end
 end
@@ -122,7 +130,16 @@ for i = 1, p do
   end
   pinned[i] = found
 end
-return {3, redis.call('GET', KEYS[4]) or false, linked, pinned}
+local orphan = false
+if not linked then
+  local creating, mine = redis.call('GET', KEYS[6]), ARGV[13 + 2 * p]
+  if creating and creating ~= mine then
+    orphan = creating
+  elseif mine ~= '' then
+    redis.call('SET', KEYS[6], mine, 'EX', ARGV[11])
+  end
+end
+return {3, redis.call('GET', KEYS[4]) or false, linked, pinned, orphan}
 """
 DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 
@@ -134,14 +151,14 @@ DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 # (what `deliveries.finish` does), take it out of the DLQ, of every ordering set and of the arq
 # queue, and delete its arq job's keys.
 # KEYS: done hash, lock, pending(K), link, order, delivery, arq job, claim and try counter, DLQ,
-# arq queue, the command's 3 pinned bodies (bridge/queue/sent.py: dropped), then (finishing) the
-# sets to leave.
+# arq queue, the command's 3 pinned bodies (bridge/queue/sent.py: dropped), K's create in doubt
+# (dropped with a link), then (finishing) the sets to leave.
 # ARGV: index, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
 # link (or ''), order value (or ''), finish ('1'/'').
 END_SCRIPT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]); redis.call('DEL', KEYS[15]) end
 if ARGV[8] ~= '' then
   local current = redis.call('GET', KEYS[5])
   local older = false
@@ -160,7 +177,7 @@ if ARGV[9] == '1' then
   redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
   redis.call('ZREM', KEYS[10], ARGV[6])
   redis.call('ZREM', KEYS[11], ARGV[6])
-  for i = 15, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
+  for i = 16, #KEYS do redis.call('ZREM', KEYS[i], ARGV[6]) end
 end
 return 1
 """
@@ -208,6 +225,10 @@ class Step:
         return keys.record(keys.LINK, self.link, self.key)
 
     @property
+    def creating(self) -> str:
+        return keys.record(keys.CREATING, self.link, self.key)
+
+    @property
     def order(self) -> str:
         """The last applied `order` of the record, or of the record's scope (keys of their own,
         named by the key and scope as one JSON array: no scope's key is another's)."""
@@ -249,6 +270,11 @@ class Turn:
     entry_id: str | None = None
     ended: bool = False
     pinned: list[bytes | None] = field(default_factory=list)
+    # With no entry linked: the pinned-body key (`bridge.queue.sent`) of another delivery's create
+    # for this record that may have reached the upstream without its answer linking the entry
+    # (the answer was lost, and that delivery then ended another way: dead-lettered, or ignored
+    # by a reloaded mapping). Sent again under its key, it gives that entry (see the worker).
+    orphan: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +374,7 @@ class Ordering:
         mappings: Collection[str],
         registration: Registration | None = None,
         pins: Sequence[Pin] = (),
+        creates: str = "",
     ) -> AsyncIterator[Turn]:
         """Wait until no earlier delivery can still touch the step's record and take its lease
         lock (renewed in the background) for the block; one round trip when nothing is in the
@@ -355,9 +382,19 @@ class Ordering:
         Raises OrderWait when the record stays busy for longer than the wait allowed in a job.
         With `registration`, the first look also does what `register` does (one round trip
         instead of two), before anything else; the look that takes the turn sets the `pins` that
-        apply (see `Pin`)."""
+        apply (see `Pin`). `creates`: the key of the command's create pin, if it makes one; with
+        no entry linked, the turn records it as the record's create in doubt until a link ends
+        the doubt, unless another delivery's is recorded (`Turn.orphan`)."""
         group = [unplanned_key(m) for m in sorted(mappings)]
-        names = [step.pending, step.lock, keys.done(step.delivery_id), step.order, step.linked, *group]
+        names = [
+            step.pending,
+            step.lock,
+            keys.done(step.delivery_id),
+            step.order,
+            step.linked,
+            step.creating,
+            *group,
+        ]
         token = uuid.uuid4().hex
         common: list[str | int] = [
             step.seq,
@@ -371,13 +408,16 @@ class Ordering:
         pinning: list[str | int | bytes] = [len(pins)]
         for pin in pins:
             pinning += [pin.value, pin.when]
+        pinning.append(creates)
         look_names, look_args = names, args  # what the next look sends
         if registration is not None:
             r = registration
             look_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
             pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
             look_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
-        pin_keys = [pin.key for pin in pins]  # the last KEYS; their count, values and `when` after ARGV[11]
+        pin_keys = [
+            pin.key for pin in pins
+        ]  # the last KEYS; their count, values and `when` after ARGV[11], then `creates`
         names, look_names = [*names, *pin_keys], [*look_names, *pin_keys]
         args, look_args = [*args, *pinning], [*look_args, *pinning]
         deadline = time.monotonic() + self._wait_s
@@ -418,7 +458,8 @@ class Ordering:
             pause = min(pause * 2, 0.1)
         last_order, entry_id = _text(found[1]), _text(found[2])
         pinned = [value or None for value in found[3]]
-        held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned)
+        orphan = _text(found[4])
+        held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned, orphan=orphan)
         del names, args, look_names, look_args, pinning, pins, found  # this run's sealed bodies
         renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
@@ -437,8 +478,17 @@ class Ordering:
 
     async def link(self, held: Turn, entry_id: str) -> None:
         """Link the step's record to `entry_id` now, before the step ends (`end` links it too):
-        the entry exists even if the rest of the step fails."""
-        await self._redis.set(held.step.linked, entry_id)
+        the entry exists even if the rest of the step fails. The record's create in doubt, if
+        any, is settled by it."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(held.step.linked, entry_id)
+            pipe.delete(held.step.creating)
+            await pipe.execute()
+
+    async def settle(self, held: Turn, orphan: str) -> None:
+        """The record's create in doubt `orphan` turned out to have made nothing (its body is gone:
+        refused for good, or expired): forget it, unless another has replaced it meanwhile."""
+        await self._release(keys=[held.step.creating], args=[orphan])
 
     async def end(
         self,
@@ -470,6 +520,7 @@ class Ordering:
                 keys.DLQ,
                 arq_adapter.QUEUE_KEY,
                 *unpin,
+                step.creating,
                 *leave,
             ],
             args=[
