@@ -462,8 +462,17 @@ class Deliverer:
             try:
                 entry = await self.connect.create_entry(body, idem)
             except UpstreamError as exc:
-                if exc.retryable:
+                if exc.retryable and not self._last_try(record, exc):
                     raise  # tried again with this delivery; the doubt stays recorded
+                if exc.retryable:
+                    # The upstream failed that body for this delivery's every try (one it keeps
+                    # failing, not a stored answer it would replay): it is not dead-lettered for
+                    # another delivery's body. The doubt stays recorded for the record's next event.
+                    log.warning(
+                        "gave up adopting an earlier delivery's create that the upstream keeps failing",
+                        extra={**self._ids(record), "idempotency_key": idem, "status": exc.status},
+                    )
+                    return None
                 entry = {}
             if entry.get("id") is not None:
                 log.warning(
@@ -474,6 +483,13 @@ class Deliverer:
                 return str(entry["id"])
         await self.ordering.settle(turn, orphan)
         return None
+
+    def _last_try(self, record: DeliveryRecord, exc: UpstreamError) -> bool:
+        """Whether this retryable failure would dead-letter the delivery (`_failed`: its attempts
+        or its window spent)."""
+        attempts, age_s = record.attempts + 1, record.retry_age_s(time.time())
+        delay = self.policy.next_delay_s(attempts, age_s, exc.retry_after_s, random.Random(attempts))
+        return delay is None or self._outlives_record(record, delay)
 
     async def _turn_pins(
         self, command: LeadCommand, idem: str

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from bridge.queue import deliveries
-from tests.pipeline import sign
+from bridge.sandbox.routes import _idempotent_write
+from tests.pipeline import SECRET, pipeline, sign
 from tests.servers import until
 from tests.test_semantics import SIMPLE, _only_entry, _pipeline, _send
 
@@ -79,3 +84,55 @@ async def test_a_create_dead_lettered_without_its_answer_is_adopted_by_the_recor
         await pipe.wait_status(first, "delivered")
         await _only_entry(pipe)
         assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+
+
+async def test_a_create_sent_after_a_forgotten_doubt_is_itself_in_doubt(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The record's first delivery records its create as in doubt, then never sends it (its body
+    # no longer builds: dead-lettered). The next delivery finds that doubt, forgets it (nothing
+    # pinned: nothing to adopt) and sends its own create, applied upstream with its answer lost,
+    # then gives up. That create is in doubt too: the record's third event must adopt its entry,
+    # not make a second lead.
+    async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}, BRIDGE_RETRY_MAX_ATTEMPTS=1) as pipe:
+        broken = SIMPLE.replace("lead:\n", "lead:\n  state: {value: NoSuchState}\n")
+        (tmp_path / "m" / "simple.yaml").write_text(broken)
+        assert pipe.runtime.mappings.reload()
+        await _send(pipe, "simple", {"id": 94, "email": "a@example.com"}, "dead")
+        (tmp_path / "m" / "simple.yaml").write_text(SIMPLE)
+        assert pipe.runtime.mappings.reload()
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+        await _send(pipe, "simple", {"id": 94, "email": "b@example.com"}, "dead")
+        await pipe.set_faults()
+        await _send(pipe, "simple", {"id": 94, "email": "c@example.com"})
+        entry = await _only_entry(pipe)
+        assert entry["data"] == {"email": "c@example.com"}
+
+
+async def test_a_body_the_upstream_keeps_failing_does_not_dead_letter_the_records_next_event(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The upstream answers 500 to one create's body every time (a value it chokes on): that
+    # delivery is dead-lettered after its attempts, its create recorded in doubt. The record's
+    # next event adopts it first, and gets the same 500 on every try: it must not be
+    # dead-lettered for another delivery's body (the old code created its lead).
+    sandbox: dict[str, Any] = {}
+
+    async def create(request: Request) -> Response:
+        if orjson.loads(await request.body())["data"].get("email") == "poison@example.com":
+            return Response(b'{"message": "internal error"}', 500, media_type="application/json")
+        return await _idempotent_write(request, sandbox["state"], 201, sandbox["state"].create_entry)
+
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"simple.yaml": SIMPLE},
+        environ={"CONTACT_SECRET": SECRET},
+        upstream_routes=[Route("/connect/table_entries", create, methods=["POST"])],
+        BRIDGE_RETRY_MAX_ATTEMPTS=2,
+    ) as pipe:
+        sandbox["state"] = pipe.sandbox
+        await _send(pipe, "simple", {"id": 95, "email": "poison@example.com"}, "dead")
+        await _send(pipe, "simple", {"id": 95, "email": "b@example.com"}, "delivered", "dead")
+        entry = await _only_entry(pipe)
+        assert entry["data"] == {"email": "b@example.com"}

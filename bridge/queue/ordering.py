@@ -192,6 +192,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A record's create in doubt ARGV[1] made nothing: replaced by the turn's own create (ARGV[2], the
+# key of its pin: it is about to be sent, so in doubt in its turn), or dropped when it makes none.
+SETTLE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 
 def unplanned_key(mapping: str) -> str:
     return UNPLANNED + mapping
@@ -275,6 +284,7 @@ class Turn:
     # (the answer was lost, and that delivery then ended another way: dead-lettered, or ignored
     # by a reloaded mapping). Sent again under its key, it gives that entry (see the worker).
     orphan: str | None = None
+    creates: str = ""  # the key of this command's own create pin ('' if it makes none)
 
 
 @dataclass(frozen=True)
@@ -321,6 +331,7 @@ class Ordering:
         self._end = redis.register_script(END_SCRIPT)
         self._renew = redis.register_script(RENEW_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._settle = redis.register_script(SETTLE_SCRIPT)
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -459,7 +470,15 @@ class Ordering:
         last_order, entry_id = _text(found[1]), _text(found[2])
         pinned = [value or None for value in found[3]]
         orphan = _text(found[4])
-        held = Turn(step, token, last_order=last_order, entry_id=entry_id, pinned=pinned, orphan=orphan)
+        held = Turn(
+            step,
+            token,
+            last_order=last_order,
+            entry_id=entry_id,
+            pinned=pinned,
+            orphan=orphan,
+            creates=creates,
+        )
         del names, args, look_names, look_args, pinning, pins, found  # this run's sealed bodies
         renewal = asyncio.get_running_loop().create_task(self._keep(step.lock, token))
         try:
@@ -487,8 +506,10 @@ class Ordering:
 
     async def settle(self, held: Turn, orphan: str) -> None:
         """The record's create in doubt `orphan` turned out to have made nothing (its body is gone:
-        refused for good, or expired): forget it, unless another has replaced it meanwhile."""
-        await self._release(keys=[held.step.creating], args=[orphan])
+        refused for good, or expired): forget it, unless another has replaced it meanwhile. The
+        turn's own create, if it makes one, is the record's create in doubt in its place (the
+        turn did not record it: it found `orphan`)."""
+        await self._settle(keys=[held.step.creating], args=[orphan, held.creates, self._retention_s])
 
     async def end(
         self,
