@@ -81,3 +81,20 @@ async def test_hubspot_events_the_mapping_is_not_for_make_no_lead() -> None:
     assert len(plan.commands) == len(events)
     stage = base | {"propertyName": "lifecyclestage", "propertyValue": "evangelist"}
     assert [c.state for c in (await mapping.plan([stage])).commands] == ["Won"]
+
+
+async def test_free_text_phones_read_national_numbers_only_with_phone_region() -> None:
+    """Jotform, Pipedrive, Salesforce and Webflow phone fields are free text: "(415) 555-0123" has
+    no country code. PHONE_REGION (unset: none) names the country such numbers are read in."""
+    payload = json.loads((PAYLOADS / "webflow-contact-form.json").read_text())
+    payload["payload"]["data"]["Phone Number"] = "(415) 555-0123"
+    environ = read_env_file(MAPPINGS / "sandbox.env")
+    for region, phone in ((None, None), ("US", "+14155550123"), ("us", "+14155550123")):
+        env = environ | ({"PHONE_REGION": region} if region else {})
+        mapping = load_mappings(MAPPINGS / "webflow-contact-form.yaml", env).get("webflow-contact-form")
+        assert mapping is not None
+        (command,) = (await mapping.plan(payload)).commands
+        assert command.data.get("phone") == phone, region
+    payload["payload"]["data"]["Phone Number"] = "+44 20 7946 0958"  # with its country code: kept
+    (command,) = (await mapping.plan(payload)).commands
+    assert command.data.get("phone") == "+442079460958"

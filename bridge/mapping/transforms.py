@@ -132,8 +132,8 @@ class PhoneOptions(BaseModel):
     @field_validator("region")
     @classmethod
     def _known_region(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        if value is None or not value.strip():
+            return None  # "": none (`region: "${PHONE_REGION:-}"` with the variable unset)
         region = value.upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown region {value!r} (use an ISO 3166 code such as DE or US)")
