@@ -1,4 +1,5 @@
-"""A mapping changed between two runs of a delivery whose create was applied upstream and its answer lost."""
+"""A create applied upstream whose answer was lost: its retry after a mapping reload, and the record's next
+event after its delivery ended without the answer (dead-lettered, ignored by a reloaded mapping)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,34 @@ from starlette.routing import Route
 
 from bridge.queue import deliveries
 from bridge.sandbox.routes import _idempotent_write
-from tests.pipeline import SECRET, pipeline, sign
+from tests.pipeline import SECRET, Pipeline, pipeline, sign
 from tests.servers import until
 from tests.test_semantics import SIMPLE, _only_entry, _pipeline, _send
+
+BROKEN = SIMPLE.replace("lead:\n", "lead:\n  state: {value: NoSuchState}\n")  # a state the pool lacks
+
+
+async def _lost_create(pipe: Pipeline, record_id: int) -> str:
+    """Send a create for `record_id` that the upstream applies and whose answer it loses; the
+    delivery id once the entry exists (its delivery still waiting for the answer, or retrying)."""
+    await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+    raw = orjson.dumps({"id": record_id, "email": "a@example.com"})
+    delivery_id: str = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+    await until(pipe.entries)
+    await pipe.set_faults()
+    return delivery_id
+
+
+def _reload(pipe: Pipeline, tmp_path: Path, text: str) -> None:
+    (tmp_path / "m" / "simple.yaml").write_text(text)
+    assert pipe.runtime.mappings.reload()
+
+
+async def _one_lead(pipe: Pipeline, email: str) -> None:
+    """One entry, with the last event's data, created once."""
+    entry = await _only_entry(pipe)
+    assert entry["data"] == {"email": email}
+    assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
 
 
 async def test_a_retry_whose_body_no_longer_builds_sends_the_body_first_sent(
@@ -25,21 +51,12 @@ async def test_a_retry_whose_body_no_longer_builds_sends_the_body_first_sent(
     # pinned under its key (the docs: every later attempt sends it), learn the entry and link
     # it; dead-lettered unlinked instead, the record's next event creates a second lead.
     async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}) as pipe:
-        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
-        raw = orjson.dumps({"id": 91, "email": "a@example.com"})
-        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
-        await until(pipe.entries)  # applied upstream, the answer about to be lost
-        await pipe.set_faults()
-        broken = SIMPLE.replace("lead:\n", "lead:\n  state: {value: NoSuchState}\n")
-        (tmp_path / "m" / "simple.yaml").write_text(broken)
-        assert pipe.runtime.mappings.reload()
+        first = await _lost_create(pipe, 91)
+        _reload(pipe, tmp_path, BROKEN)
         assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
-        (tmp_path / "m" / "simple.yaml").write_text(SIMPLE)
-        assert pipe.runtime.mappings.reload()
+        _reload(pipe, tmp_path, SIMPLE)
         await _send(pipe, "simple", {"id": 91, "email": "b@example.com"})
-        entry = await _only_entry(pipe)
-        assert entry["data"] == {"email": "b@example.com"}
-        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+        await _one_lead(pipe, "b@example.com")
 
 
 async def test_a_retry_that_the_reloaded_mapping_now_ignores_leaves_no_unlinked_entry(
@@ -50,17 +67,11 @@ async def test_a_retry_that_the_reloaded_mapping_now_ignores_leaves_no_unlinked_
     # null: dead-lettered at planning). The delivery ends without linking the entry its create
     # made, and the record's next event creates a second lead.
     async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}) as pipe:
-        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
-        raw = orjson.dumps({"id": 92, "email": "a@example.com"})
-        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
-        await until(pipe.entries)
-        await pipe.set_faults()
-        gated = SIMPLE.replace("key: id\n", "key: id\nwhen: \"email != 'a@example.com'\"\n")
-        (tmp_path / "m" / "simple.yaml").write_text(gated)
-        assert pipe.runtime.mappings.reload()
+        first = await _lost_create(pipe, 92)
+        _reload(pipe, tmp_path, SIMPLE.replace("key: id\n", "key: id\nwhen: \"email != 'a@example.com'\"\n"))
         await pipe.wait_status(first, "ignored", "delivered", "dead")
         await _send(pipe, "simple", {"id": 92, "email": "b@example.com"})
-        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+        await _one_lead(pipe, "b@example.com")
 
 
 async def test_a_create_dead_lettered_without_its_answer_is_adopted_by_the_records_next_event(
@@ -71,19 +82,14 @@ async def test_a_create_dead_lettered_without_its_answer_is_adopted_by_the_recor
     # lead: it sends the dead delivery's create again under its key, which the upstream answers
     # with the entry it made, links that, and patches it. A replay of the dead one then patches.
     async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}, BRIDGE_RETRY_MAX_ATTEMPTS=1) as pipe:
-        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
-        raw = orjson.dumps({"id": 93, "email": "a@example.com"})
-        first = (await pipe.post("simple", raw, sign(raw))).json()["delivery_id"]
+        first = await _lost_create(pipe, 93)
         assert await pipe.wait_status(first, "dead") == "dead"
-        await pipe.set_faults()
         await _send(pipe, "simple", {"id": 93, "email": "b@example.com"})
-        entry = await _only_entry(pipe)
-        assert entry["data"] == {"email": "b@example.com"}
+        await _one_lead(pipe, "b@example.com")
 
         assert await deliveries.enqueue_again(pipe.redis, first, 60)
         await pipe.wait_status(first, "delivered")
-        await _only_entry(pipe)
-        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 1
+        await _one_lead(pipe, "a@example.com")  # the replay patched the one lead
 
 
 async def test_a_create_sent_after_a_forgotten_doubt_is_itself_in_doubt(
@@ -95,18 +101,14 @@ async def test_a_create_sent_after_a_forgotten_doubt_is_itself_in_doubt(
     # then gives up. That create is in doubt too: the record's third event must adopt its entry,
     # not make a second lead.
     async with _pipeline(redis_url, tmp_path, {"simple.yaml": SIMPLE}, BRIDGE_RETRY_MAX_ATTEMPTS=1) as pipe:
-        broken = SIMPLE.replace("lead:\n", "lead:\n  state: {value: NoSuchState}\n")
-        (tmp_path / "m" / "simple.yaml").write_text(broken)
-        assert pipe.runtime.mappings.reload()
+        _reload(pipe, tmp_path, BROKEN)
         await _send(pipe, "simple", {"id": 94, "email": "a@example.com"}, "dead")
-        (tmp_path / "m" / "simple.yaml").write_text(SIMPLE)
-        assert pipe.runtime.mappings.reload()
+        _reload(pipe, tmp_path, SIMPLE)
         await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
         await _send(pipe, "simple", {"id": 94, "email": "b@example.com"}, "dead")
         await pipe.set_faults()
         await _send(pipe, "simple", {"id": 94, "email": "c@example.com"})
-        entry = await _only_entry(pipe)
-        assert entry["data"] == {"email": "c@example.com"}
+        await _one_lead(pipe, "c@example.com")
 
 
 async def test_a_body_the_upstream_keeps_failing_does_not_dead_letter_the_records_next_event(
