@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -104,14 +105,18 @@ async def test_enrich_failure_is_retried_then_succeeds(redis_url: str, tmp_path:
         assert len(await pipe.entries()) == 1
 
 
-async def test_enrich_permanent_failure_dead_letters(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", [404, 401])
+async def test_enrich_permanent_failure_dead_letters(redis_url: str, tmp_path: Path, status: int) -> None:
+    """docs/mappings.md: an enrich answer such as 404 or 401 dead-letters the delivery. A 401
+    from the Connect API is retried (our key: every call would fail alike); one from a third
+    party's record fetch was retried too, for the whole retry window, by the shared classify()."""
     async with meta_pipeline(redis_url, tmp_path) as (pipe, graph):
-        graph.status = 404
+        graph.status = status
         delivery_id = await post_meta(pipe, (PAYLOADS / "meta-lead-ads-form.json").read_bytes())
         await pipe.wait_status(delivery_id, "dead")
         reason = (await pipe.redis.hget(f"lb:d:{delivery_id}", "reason")).decode()
         assert "enrich" in reason
-        assert "404" in reason
+        assert str(status) in reason
         assert PAGE_TOKEN not in reason
         assert len(graph.calls) == 1
 

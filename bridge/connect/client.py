@@ -167,7 +167,9 @@ class EnrichClient:
             if not _transport_error(exc):
                 raise
             raise UpstreamError(f"enrich fetch failed: {type(exc).__name__}", retryable=True) from None
-        outcome = classify(response.status_code, retry_after=response.headers.get("retry-after"))
+        outcome = classify(
+            response.status_code, retry_after=response.headers.get("retry-after"), third_party=True
+        )
         if not outcome.ok:
             raise UpstreamError(
                 f"enrich fetch answered {response.status_code}",
