@@ -45,6 +45,10 @@ log = logging.getLogger("bridge.runtime")
 
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TTL_S = 15
+# Entries of workers gone without a goodbye (kill -9) are pruned once this old by the pruning
+# worker's clock: far past HEARTBEAT_TTL_S, so a worker whose clock runs ahead of the others'
+# (scores are each worker's own clock) does not remove their live heartbeats.
+HEARTBEAT_PRUNE_S = 3600
 CLOSE_TIMEOUT_S = 10.0
 REDIS_CONNECTIONS = 32
 
@@ -258,7 +262,7 @@ class Runtime:
             with contextlib.suppress(RedisError, OSError):
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.zadd(keys.HEARTBEATS, {self.worker_id: now})
-                    pipe.zremrangebyscore(keys.HEARTBEATS, "-inf", f"({now - HEARTBEAT_TTL_S}")
+                    pipe.zremrangebyscore(keys.HEARTBEATS, "-inf", f"({now - HEARTBEAT_PRUNE_S}")
                     pipe.expire(keys.HEARTBEATS, HEARTBEAT_TTL_S)
                     await pipe.execute()
             aio.stop_if_cancelled()

@@ -130,3 +130,37 @@ def test_a_refused_redis_url_is_reported_without_its_password(monkeypatch: Any) 
     assert "REDIS_URL" in message
     assert "redis+sentinel" in message
     assert "s3cret-pass" not in message, message
+
+
+async def test_a_worker_whose_clock_runs_ahead_removes_no_other_workers_heartbeat(
+    redis_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Heartbeats are scored by each worker's own clock. Each heartbeat also pruned every entry
+    older than its own clock minus 15 s: one worker's clock 60 s ahead (no NTP on its node)
+    removed every other worker's live heartbeat at each beat (a key per worker with a TTL, as
+    before, had no clock but the store's)."""
+    import asyncio
+    import time as real_time
+    from types import SimpleNamespace
+
+    import bridge.runtime as runtime_module
+    from bridge.queue import keys
+    from bridge.runtime import Runtime
+    from tests.pipeline import CONTACT_MAPPING, SECRET, test_settings
+    from tests.servers import until
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "contact.yaml").write_text(CONTACT_MAPPING)
+    runtime = Runtime(test_settings(tmp_path / "m"), redis_url=redis_url, environ={"CONTACT_SECRET": SECRET})
+    try:
+        await runtime.redis.zadd(keys.HEARTBEATS, {"a-live-worker": real_time.time()})
+        monkeypatch.setattr(runtime_module, "time", SimpleNamespace(time=lambda: real_time.time() + 60))
+        beating = asyncio.create_task(runtime._heartbeat())
+        try:
+            await until(lambda: runtime.redis.zscore(keys.HEARTBEATS, runtime.worker_id))
+        finally:
+            beating.cancel()
+        assert await runtime.redis.zscore(keys.HEARTBEATS, "a-live-worker") is not None
+    finally:
+        await runtime.redis.delete(keys.HEARTBEATS)
+        await runtime.close()
