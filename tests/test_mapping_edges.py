@@ -65,6 +65,45 @@ def test_a_merge_key_is_overridden_by_the_mappings_own_key(tmp_path: Path) -> No
     assert problems_of(tmp_path, twice) == ["{file}:13: lead.data.email.path: duplicate key 'path'"]
 
 
+def test_a_merged_mapping_keeps_its_own_overrides_of_what_it_merged(tmp_path: Path) -> None:
+    """A template built on a template (`<<: *lowered`, where `lowered` merges `text` and overrides
+    its `then`): YAML's merge gives `lowered` as it resolves, its own `then` included. The
+    flattened pairs were taken first-wins, so `text`'s `then` came back and the e-mail went
+    unlowered, with no problem reported (before the override change, a duplicate key)."""
+    text = HEAD + (
+        "lead:\n"
+        "  data:\n"
+        "    email: &text {path: email, then: [trim]}\n"
+        "    work_email: &lowered\n"
+        "      <<: *text\n"
+        "      then: [trim, lower]\n"
+        "    home_email:\n"
+        "      <<: *lowered\n"
+        "      path: home\n"
+        "    other_email:\n"
+        "      <<: [*text, *lowered]\n"  # the first mapping listed wins: `text`'s then
+        "      path: home\n"
+    )
+    path = write(tmp_path, "m.yaml", text)
+    result = load_all(path, {})
+    assert result.problems == []
+    (mapping,) = result.mappings
+    plan = run_sync(mapping.plan({"email": "A@Example.com", "home": "B@Example.com"}))
+    assert plan.commands[0].data == {
+        "email": "A@Example.com",
+        "work_email": "a@example.com",
+        "home_email": "b@example.com",
+        "other_email": "B@Example.com",
+    }
+
+
+def test_a_mapping_that_merges_itself_is_a_problem(tmp_path: Path) -> None:
+    """A recursive alias raised RecursionError out of the loader (a reload's watch task died)."""
+    for body in ("  data: &d {email: email, <<: *d}\n", "  data: &d {email: email, more: *d}\n"):
+        (problem,) = problems_of(tmp_path, HEAD + "lead:\n" + body)
+        assert "(yaml)" in problem, problem
+
+
 def test_a_missing_section_is_named_in_the_problem(tmp_path: Path) -> None:
     """A provider's required option without any `verify:` was reported as `secret:`, not
     `verify.secret:` (the missing parent dropped from the field path)."""

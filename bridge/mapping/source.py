@@ -22,6 +22,7 @@ from bridge.mapping.env import substitute
 
 Loc = tuple[str | int, ...]
 MAX_NODES = 1_000_000  # values in one file, aliases expanded (a shipped mapping has a few hundred)
+MERGE_TAG, VALUE_TAG, STR_TAG = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value", "tag:yaml.org,2002:str"
 
 
 @dataclass
@@ -109,7 +110,8 @@ class _Builder:
         self.source = source
         self.loader = loader
         self.environ = environ
-        self._own: dict[int, set[int]] = {}
+        self._merges: dict[int, list[tuple[yaml.Node, yaml.Node]]] = {}  # by mapping node: `_pairs`
+        self._building: set[int] = set()  # the collection nodes being built (an alias of one: a cycle)
         self._built = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
@@ -120,44 +122,16 @@ class _Builder:
                 problem_mark=node.start_mark,
             )
         self.source.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            # the mapping's own keys, known before the first flatten (an alias builds it again)
-            own = self._own.setdefault(id(node), {id(key_node) for key_node, _ in node.value})
-            self.loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs come first
-            result: dict[Any, Any] = {}
-            merged: set[Any] = set()  # keys taken from a `<<` merge: the mapping's own key overrides
-            for key_node, value_node in node.value:
-                key = self.loader.construct_object(key_node, deep=True)
-                if isinstance(key, date):  # an unquoted date as a key (a `map` from dates): its text
-                    key = key.isoformat()
-                if not isinstance(key, str | int | float | bool) and key is not None:
-                    raise yaml.MarkedYAMLError(
-                        problem="a key must be a scalar", problem_mark=key_node.start_mark
-                    )
-                if isinstance(key, str):
-                    key = self._substitute(key, loc, key_node.start_mark.line + 1)
-                if not isinstance(key, str):
-                    self.source.key_texts[(*loc, key)] = str(key_node.value)
-                child = (*loc, key if isinstance(key, str) else str(key_node.value))
-                if id(key_node) not in own:  # from a merge: an earlier merged mapping wins
-                    if key in result:
-                        continue
-                    merged.add(key)
-                elif key in merged:  # the mapping's own key overrides the merged one (YAML 1.1 merge)
-                    merged.discard(key)
-                    overridden = [at for at in self.source.lines if at[: len(child)] == child]
-                    for stale in overridden:
-                        del self.source.lines[stale]
-                elif key in result:
-                    line = key_node.start_mark.line + 1
-                    self.source.problems.append(
-                        f"{self.source.path}:{line}: {format_path(child)}: duplicate key {key!r}"
-                    )
-                self.source.lines[child] = key_node.start_mark.line + 1
-                result[key] = self.build(value_node, child)
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*loc, index)) for index, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in self._building:  # `a: &a {b: *a}`: no end (RecursionError)
+                raise yaml.MarkedYAMLError(
+                    problem="a value contains itself (an alias of it inside it)", problem_mark=node.start_mark
+                )
+            self._building.add(id(node))
+            try:
+                return self._collection(node, loc)
+            finally:
+                self._building.discard(id(node))
         value = self.loader.construct_object(node, deep=True)
         if isinstance(value, date):  # an unquoted YAML timestamp: keep it as the ISO text
             value = value.isoformat()
@@ -170,6 +144,91 @@ class _Builder:
         if isinstance(value, str):
             value = self._substitute(value, loc, node.start_mark.line + 1)
         return value
+
+    def _collection(self, node: yaml.MappingNode | yaml.SequenceNode, loc: Loc) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, index)) for index, item in enumerate(node.value)]
+        # YAML merge keys (<<): the mapping's own keys win, then each merged mapping's as it
+        # resolves itself (its own keys, then those it merges), an earlier one before a later.
+        entries: list[tuple[Any, yaml.Node, yaml.Node, bool]] = []
+        for key_node, value_node in self._pairs(node, own=False):
+            entries.append((self._key(key_node, loc), key_node, value_node, False))
+        for key_node, value_node in self._pairs(node, own=True):
+            entries.append((self._key(key_node, loc), key_node, value_node, True))
+        own_keys = {key for key, _, _, own in entries if own}
+        result: dict[Any, Any] = {}
+        for key, key_node, value_node, own in entries:
+            if not own and (key in own_keys or key in result):
+                continue  # overridden, by the mapping's own key or an earlier merged mapping's
+            if not isinstance(key, str):
+                self.source.key_texts[(*loc, key)] = str(key_node.value)
+            child = (*loc, key if isinstance(key, str) else str(key_node.value))
+            if own and key in result:
+                line = key_node.start_mark.line + 1
+                self.source.problems.append(
+                    f"{self.source.path}:{line}: {format_path(child)}: duplicate key {key!r}"
+                )
+            self.source.lines[child] = key_node.start_mark.line + 1
+            result[key] = self.build(value_node, child)
+        return result
+
+    def _pairs(self, node: yaml.MappingNode, *, own: bool) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The mapping's own pairs (`own`), or those its merge keys bring, in order of precedence."""
+        if own:
+            return [(k, v) for k, v in node.value if k.tag != MERGE_TAG]
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != MERGE_TAG:
+                continue
+            items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for item in items:
+                if not isinstance(item, yaml.MappingNode):
+                    raise yaml.MarkedYAMLError(
+                        problem="a merge key (<<) takes a mapping or a list of mappings",
+                        problem_mark=item.start_mark,
+                    )
+                pairs += self._resolved(item)
+        return pairs
+
+    def _resolved(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+        """A merged mapping's pairs as it resolves (own first), once per node: aliases of
+        aliases do not multiply the work; a pair already there (the same key node) is not
+        repeated."""
+        cached = self._merges.get(id(node))
+        if cached is not None:
+            return cached
+        if id(node) in self._building:
+            raise yaml.MarkedYAMLError(problem="a mapping merges itself (<<)", problem_mark=node.start_mark)
+        self._building.add(id(node))
+        try:
+            seen: set[int] = set()
+            pairs = []
+            for key_node, value_node in self._pairs(node, own=True) + self._pairs(node, own=False):
+                if id(key_node) not in seen:
+                    seen.add(id(key_node))
+                    pairs.append((key_node, value_node))
+        finally:
+            self._building.discard(id(node))
+        self._built += len(pairs)
+        if self._built > MAX_NODES:
+            raise yaml.MarkedYAMLError(
+                problem=f"the file expands to more than {MAX_NODES} values (aliases included)",
+                problem_mark=node.start_mark,
+            )
+        self._merges[id(node)] = pairs
+        return pairs
+
+    def _key(self, key_node: yaml.Node, loc: Loc) -> Any:
+        if key_node.tag == VALUE_TAG:  # `=` as a key: text (what PyYAML's flatten_mapping does)
+            key_node.tag = STR_TAG
+        key = self.loader.construct_object(key_node, deep=True)
+        if isinstance(key, date):  # an unquoted date as a key (a `map` from dates): its text
+            key = key.isoformat()
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.MarkedYAMLError(problem="a key must be a scalar", problem_mark=key_node.start_mark)
+        if isinstance(key, str):
+            key = self._substitute(key, loc, key_node.start_mark.line + 1)
+        return key
 
     def _substitute(self, text: str, loc: Loc, line: int) -> str:
         result, missing, used = substitute(text, self.environ)
