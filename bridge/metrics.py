@@ -63,6 +63,12 @@ class Metrics:
         self.circuit_open = Gauge(
             "leadbridge_circuit_open", "1 while the shared upstream circuit breaker is open", registry=r
         )
+        # The gauges above are read from the queue at each scrape: when it does not answer they
+        # keep their last values, and this says so (0). The web pods leave the Service then
+        # (readiness), so the ingress answers the webhooks, and no webhook counter moves.
+        self.queue_up = Gauge(
+            "leadbridge_queue_up", "1 when the queue (Redis) answered this scrape's reads, else 0", registry=r
+        )
         self.signature_failures = Counter(
             "leadbridge_signature_failures", "Webhooks refused with 401, by mapping", ["mapping"], registry=r
         )

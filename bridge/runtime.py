@@ -286,4 +286,6 @@ class Runtime:
             if latest:
                 self.metrics.worker_heartbeat.set(float(latest[0][1]))
         except (RedisError, OSError):
+            self.metrics.queue_up.set(0)
             return
+        self.metrics.queue_up.set(1)

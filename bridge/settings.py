@@ -154,6 +154,7 @@ def load_settings(**overrides: object) -> Settings:
         alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
         got = first.get("input")
         if "REDIS_URL" in (field, alias) and isinstance(got, str):
-            # It may carry a password, and this message ends up in logs: its scheme is the problem.
-            got = got.partition(":")[0] + ":…"
+            # It may carry a password, and this message ends up in logs: its scheme is the problem
+            # (with none, `pass@host:6379`, nothing of it is shown).
+            got = got.partition("://")[0] + "://…" if "://" in got else "… (no scheme)"
         raise ConfigError(f"{alias or field}: {first['msg']} (got {got!r})") from None

@@ -30,6 +30,7 @@ OPERATIONS_METRICS = {
     "leadbridge_worker_jobs_in_flight": set(),
     "leadbridge_worker_heartbeat_timestamp_seconds": set(),
     "leadbridge_circuit_open": set(),
+    "leadbridge_queue_up": set(),
 }
 # Labels Prometheus adds to every scraped series (kubernetes service discovery, the operator).
 TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "container", "job", "instance"}

@@ -120,16 +120,20 @@ def test_a_refused_redis_url_is_reported_without_its_password(monkeypatch: Any) 
     from bridge.errors import ConfigError
     from bridge.settings import load_settings
 
-    monkeypatch.setenv("REDIS_URL", "redis+sentinel://:s3cret-pass@sentinel.internal:26379/mymaster")
-    try:
-        load_settings()
-    except ConfigError as exc:
-        message = str(exc)
-    else:
-        raise AssertionError("a redis+sentinel:// URL was accepted")
-    assert "REDIS_URL" in message
-    assert "redis+sentinel" in message
-    assert "s3cret-pass" not in message, message
+    for url, shown in (
+        ("redis+sentinel://:s3cret-pass@sentinel.internal:26379/mymaster", "redis+sentinel"),
+        ("s3cret-pass@redis.internal:6379", "no scheme"),  # the scheme forgotten
+    ):
+        monkeypatch.setenv("REDIS_URL", url)
+        try:
+            load_settings()
+        except ConfigError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError(f"{url} was accepted")
+        assert "REDIS_URL" in message
+        assert shown in message
+        assert "s3cret-pass" not in message, message
 
 
 async def test_a_worker_whose_clock_runs_ahead_removes_no_other_workers_heartbeat(

@@ -51,6 +51,9 @@ async def test_ingest_answers_503_while_redis_is_down_and_everything_carries_on(
         await pipe.wait_status(before.json()["delivery_id"], "delivered")
 
         own_valkey.stop()
+        # the queue gauges keep their last values; leadbridge_queue_up says they are stale
+        metrics = (await pipe.http.get(f"{pipe.url}/metrics")).text
+        assert "leadbridge_queue_up 0.0" in metrics
         raw = orjson.dumps({"data": {"email": "during@example.com", "first_name": "D"}})
         headers = sign(raw, msg_id="msg_during_outage")
         refused = await pipe.post("contact", raw, headers)
@@ -80,6 +83,7 @@ async def test_ingest_answers_503_while_redis_is_down_and_everything_carries_on(
             "during@example.com",
         ]
         assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+        assert "leadbridge_queue_up 1.0" in (await pipe.http.get(f"{pipe.url}/metrics")).text
 
 
 async def test_a_job_in_flight_when_redis_restarts_is_delivered_once(
