@@ -148,11 +148,12 @@ async def run_all(
 
 
 def _print_banner(base: str, runtime: Runtime, upstream: Upstream | None) -> None:
+    upstream_url = upstream.base_url if upstream else runtime.settings.connect_base_url
     lines = [
         "",
         f"leadbridge is running: webhooks at {base}/hooks/<mapping>",
         f"  mappings loaded: {', '.join(sorted(runtime.mappings.current.names)) or '(none)'}",
-        f"  upstream: {upstream.base_url if upstream else runtime.settings.connect_base_url}",
+        f"  upstream: {redacted_url(upstream_url) if upstream_url else '(not set)'}",
         f"  queue: {redacted_url(runtime.redis_url)}",
         f"  metrics: {base}/metrics   health: {base}/readyz",
     ]

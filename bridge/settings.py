@@ -108,6 +108,10 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://", "valkey://", "valkeys://")):
             raise ValueError("must be a redis:// (or rediss://, unix://) URL")
+        try:
+            urlsplit(value).port  # noqa: B018 (parsed for its error: redis-py's is a traceback)
+        except ValueError:
+            raise ValueError("its port is not a number") from None
         return value
 
     @property
@@ -123,6 +127,9 @@ class Settings(BaseSettings):
         if self.connect_api_key is None or not self.connect_api_key.get_secret_value():
             raise ConfigError(f"CONNECT_API_KEY is not set ({hint})")
         return self.connect_base_url, self.connect_api_key
+
+
+URL_SETTINGS = ("REDIS_URL", "CONNECT_BASE_URL")  # may carry credentials: never quoted whole
 
 
 def redacted_url(url: str) -> str:
@@ -153,7 +160,7 @@ def load_settings(**overrides: object) -> Settings:
         field = str(first["loc"][0]) if first["loc"] else "?"
         alias = Settings.model_fields[field].alias if field in Settings.model_fields else field
         got = first.get("input")
-        if "REDIS_URL" in (field, alias) and isinstance(got, str):
+        if alias in URL_SETTINGS and isinstance(got, str):
             # It may carry a password, and this message ends up in logs: its scheme is the problem
             # (with none, `pass@host:6379`, nothing of it is shown).
             got = got.partition("://")[0] + "://…" if "://" in got else "… (no scheme)"

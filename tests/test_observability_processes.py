@@ -91,7 +91,8 @@ async def test_a_webhook_answered_500_is_counted(redis_url: str, tmp_path: Path,
 
 
 async def test_the_run_banner_prints_no_redis_password(tmp_path: Path, capsys: Any) -> None:
-    """`leadbridge run` prints where its queue is; a REDIS_URL carries the store's password."""
+    """`leadbridge run` prints where its queue and its upstream are; a REDIS_URL carries the store's
+    password, and a CONNECT_BASE_URL may carry credentials of a proxy."""
     from bridge.processes import _print_banner
     from bridge.runtime import Runtime
     from tests.pipeline import CONTACT_MAPPING, SECRET, test_settings
@@ -103,7 +104,8 @@ async def test_the_run_banner_prints_no_redis_password(tmp_path: Path, capsys: A
         "rediss://:s3cret-pass@redis.internal:6380",
         "redis://redis.internal:6379/0?password=s3cret-pass",
     ):
-        runtime = Runtime(test_settings(tmp_path / "m"), redis_url=url, environ={"CONTACT_SECRET": SECRET})
+        settings = test_settings(tmp_path / "m", CONNECT_BASE_URL="https://proxy:s3cret-pass@connect.example")
+        runtime = Runtime(settings, redis_url=url, environ={"CONTACT_SECRET": SECRET})
         try:
             runtime.load_mappings()
             _print_banner("http://127.0.0.1:8000", runtime, None)
@@ -111,6 +113,7 @@ async def test_the_run_banner_prints_no_redis_password(tmp_path: Path, capsys: A
             await runtime.redis.aclose()
         err = capsys.readouterr().err
         assert "redis.internal" in err
+        assert "connect.example" in err
         assert "s3cret-pass" not in err, err
 
 
@@ -120,18 +123,21 @@ def test_a_refused_redis_url_is_reported_without_its_password(monkeypatch: Any) 
     from bridge.errors import ConfigError
     from bridge.settings import load_settings
 
-    for url, shown in (
-        ("redis+sentinel://:s3cret-pass@sentinel.internal:26379/mymaster", "redis+sentinel"),
-        ("s3cret-pass@redis.internal:6379", "no scheme"),  # the scheme forgotten
+    for name, url, shown in (
+        ("REDIS_URL", "redis+sentinel://:s3cret-pass@sentinel.internal:26379/mymaster", "redis+sentinel"),
+        ("REDIS_URL", "s3cret-pass@redis.internal:6379", "no scheme"),  # the scheme forgotten
+        ("REDIS_URL", "redis://:s3cret-pass@127.0.0.1:notaport/0", "port is not a number"),  # no traceback
+        ("CONNECT_BASE_URL", "ftp://user:s3cret-pass@connect.example", "ftp"),
     ):
-        monkeypatch.setenv("REDIS_URL", url)
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        monkeypatch.setenv(name, url)
         try:
             load_settings()
         except ConfigError as exc:
             message = str(exc)
         else:
             raise AssertionError(f"{url} was accepted")
-        assert "REDIS_URL" in message
+        assert name in message
         assert shown in message
         assert "s3cret-pass" not in message, message
 
