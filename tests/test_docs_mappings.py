@@ -158,3 +158,22 @@ def test_recipes_list_every_shipped_mapping() -> None:
     listed = set(re.findall(r"^\| `([a-z0-9-]+\.yaml)` \|", section("## Recipes"), re.MULTILINE))
     shipped = {path.name for path in MAPPINGS.glob("*.yaml")}
     assert listed == shipped
+
+
+async def test_the_readme_first_mapping_loads_and_maps_its_sample(tmp_path: Path) -> None:
+    """README's "Writing a first mapping" is what newcomers copy: it must load, and map the
+    sample it is tried on as its comments say (a normalised key, no state, the phone kept)."""
+    readme = (ROOT / "README.md").read_text()
+    text = readme.split("Save this as `mappings/my-website-form.yaml`:", 1)[1]
+    block = FENCE.search(text)
+    assert block is not None
+    assert block.group(1) == "yaml"
+    (tmp_path / "my-website-form.yaml").write_text(block.group(2))
+    secret = {"MY_WEBSITE_FORM_SECRET": "whsec_bXkgd2Vic2l0ZSBmb3JtIHNlY3JldA=="}
+    mapping = load_mappings(tmp_path, secret).get("my-website-form")
+    assert mapping is not None
+    payload = json.loads((ROOT / "tests/fixtures/payloads/website-contact.json").read_text())
+    (command,) = (await mapping.plan(payload)).commands
+    assert command.key == "jane.doe@example.com"
+    assert command.state is None
+    assert command.data["phone"].startswith("+49")
