@@ -210,6 +210,14 @@ class Runtime:
         self._tasks.append(loop.create_task(wake.wake_on_publish(self.redis, self._worker.wake), name="wake"))
         self._tasks.append(loop.create_task(arq_adapter.run(self._worker), name="worker-loop"))
         self._tasks.append(loop.create_task(self._heartbeat(), name="heartbeat"))
+        log.info(
+            "worker started",
+            extra={
+                "worker_id": self.worker_id,
+                "concurrency": self.settings.worker_concurrency,
+                "mappings": len(self.mappings.current.names),
+            },
+        )
 
     async def stop_worker(self, grace_s: float | None = None) -> None:
         """Stop taking jobs; let running ones finish within the grace period (else they rerun)."""
@@ -217,12 +225,16 @@ class Runtime:
             return
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         worker, self._worker = self._worker, None
+        running = sum(1 for task in worker.tasks.values() if not task.done())
+        log.info("worker stopping", extra={"worker_id": self.worker_id, "running": running, "grace_s": grace})
         try:
             # drain() bounds each of its waits; this outer bound makes shutdown finite whatever
             # a job or the arq loop does (a job cut short stays queued and runs again).
             await asyncio.wait_for(arq_adapter.drain(worker, grace), timeout=grace + CLOSE_TIMEOUT_S)
         except TimeoutError:
             log.warning("worker did not drain in time; its running jobs will run again")
+        else:
+            log.info("worker stopped", extra={"worker_id": self.worker_id})
 
     async def close(self) -> None:
         await self.stop_worker()

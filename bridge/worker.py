@@ -140,7 +140,7 @@ class Deliverer:
                 # worker that took it was killed: rerun for ever, it would block its record's
                 # line and, once its record expired, be lost. Dead-lettered, it can be replayed.
                 reason = f"its worker died {died} times in a row while delivering it (out of memory? killed?)"
-                return await self._dead(record, reason, None)
+                return await self._dead(record, reason, None, kind="worker died")
         except (RedisError, OSError):
             raise self._queue_down(delivery_id) from None
         self.metrics.jobs_in_flight.inc()
@@ -179,7 +179,7 @@ class Deliverer:
         except Exception as exc:
             log.exception("unexpected error while delivering", extra=self._ids(record))
             reason = f"internal error ({type(exc).__name__}); see the worker log"
-            return await self._guarded(self._dead(record, reason, None), record)
+            return await self._guarded(self._dead(record, reason, None, kind="internal error"), record)
 
     async def _timed_out(self, record: DeliveryRecord) -> str:
         """The job ran out of time. When the limit struck after its outcome was written (the
@@ -225,7 +225,8 @@ class Deliverer:
             missing = MappingNotLoaded(f"no mapping named {record.mapping!r} is loaded")
             return await self._failed(record, missing, None)
         if record.payload_error:
-            return await self._dead(record, f"stored payload cannot be read: {record.payload_error}", None)
+            reason = f"stored payload cannot be read: {record.payload_error}"
+            return await self._dead(record, reason, None, kind="payload unreadable")
         command: LeadCommand | None = None
         try:
             try:
@@ -262,13 +263,13 @@ class Deliverer:
                 pending = None
             command = None
         except InboundError as exc:
-            return await self._dead(record, f"payload no longer parses: {exc.reason}", None)
+            return await self._dead(record, f"payload no longer parses: {exc.reason}", None, kind="payload")
         except MappingError as exc:
-            return await self._dead(record, f"mapping error: {exc.message}", command)
+            return await self._dead(record, f"mapping error: {exc.message}", command, kind="mapping")
         except Deferred as exc:
             if self._outlives_record(record, exc.defer_s):
                 reason = f"put back for longer than BRIDGE_RETENTION_S keeps it: {exc.message}"
-                return await self._dead(record, reason, command)
+                return await self._dead(record, reason, command, kind="held too long")
             raise await self._deferral(record, exc) from None
         except WaitForLink as exc:
             if command is not None and command.key is not None:
@@ -315,7 +316,9 @@ class Deliverer:
             self.redis, record, attempt, "retrying", keyring=self.keyring
         )
         if not exc.retryable:
-            return await self._dead(record, exc.message, command, recorded=True, status=exc.status)
+            return await self._dead(
+                record, exc.message, command, recorded=True, status=exc.status, kind=_kind(exc)
+            )
         age_s = record.retry_age_s(time.time())
         waiting = isinstance(exc, WaitForLink | MappingNotLoaded)  # bounded by BRIDGE_LINK_WAIT_S
         delay = self.policy.next_delay_s(
@@ -323,7 +326,8 @@ class Deliverer:
         )
         if delay is None or self._outlives_record(record, delay):
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
-            return await self._dead(record, reason, command, recorded=True, status=exc.status)
+            kind = _kind(exc)
+            return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")
         log.info(
@@ -345,10 +349,12 @@ class Deliverer:
         *,
         recorded: bool = False,
         status: int | None = None,
+        kind: str,
     ) -> str:
         """Dead-letter the delivery; unless `_failed` already did, log this attempt in its history.
-        The log line names the command and the upstream's status, not the reason (it may quote a
-        lead's values: `dlq show` has it)."""
+        The log line names the command, the kind of failure (`kind`: "mapping", "upstream", ...)
+        and the upstream's status, not the reason (it may quote a lead's values: `dlq show` has
+        it)."""
         if not recorded:
             attempt = Attempt(
                 at=time.time(), error=reason, retryable=False, command=command.index if command else None
@@ -363,7 +369,12 @@ class Deliverer:
         self.metrics.count_command(record.mapping, action, "dead")
         log.warning(
             "delivery dead-lettered",
-            extra={**self._ids(record), "command": command.index if command else None, "status": status},
+            extra={
+                **self._ids(record),
+                "command": command.index if command else None,
+                "kind": kind,
+                "status": status,
+            },
         )
         return "dead"
 
@@ -720,6 +731,19 @@ class Deliverer:
                 await self.sent.pin(idem, body)
             return answer
         raise AssertionError("unreachable")
+
+
+def _kind(exc: DeliveryError) -> str:
+    """What kind of failure dead-lettered a delivery, for its log line (never its message)."""
+    if isinstance(exc, UpstreamError):
+        return "upstream"
+    if isinstance(exc, WaitForLink):
+        return "no entry linked"
+    if isinstance(exc, MappingNotLoaded):
+        return "mapping not loaded"
+    if isinstance(exc, MappingError):
+        return "mapping"
+    return "delivery"
 
 
 def _pins(idem: str) -> list[str]:

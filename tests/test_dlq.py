@@ -86,7 +86,8 @@ async def test_a_permanent_upstream_error_goes_straight_to_the_dlq_with_its_mess
             return [r for r in caplog.records if r.getMessage() == "delivery dead-lettered"]
 
         await until(logged)
-        assert [(r.delivery_id, r.command, r.status) for r in logged()] == [(delivery_id, 0, 400)]  # type: ignore[attr-defined]
+        found = [(r.delivery_id, r.command, r.kind, r.status) for r in logged()]  # type: ignore[attr-defined]
+        assert found == [(delivery_id, 0, "upstream", 400)]
         assert record.attempts == 1  # no retries for a 400
         assert [a.status for a in record.history] == [400]
         assert record.reason == (

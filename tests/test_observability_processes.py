@@ -174,3 +174,16 @@ async def test_a_worker_whose_clock_runs_ahead_removes_no_other_workers_heartbea
     finally:
         await runtime.redis.delete(keys.HEARTBEATS)
         await runtime.close()
+
+
+async def test_a_worker_logs_its_start_and_its_stop(redis_url: str, tmp_path: Path, caplog: Any) -> None:
+    """An operator reading a worker pod's log sees it start (with its concurrency) and stop."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bridge.runtime")
+    async with pipeline(redis_url, tmp_path / "mappings", worker=True) as pipe:
+        await pipe.runtime.stop_worker()
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.runtime"]
+    assert messages[:3] == ["worker started", "worker stopping", "worker stopped"]
+    started = next(r for r in caplog.records if r.getMessage() == "worker started")
+    assert started.concurrency == pipe.runtime.settings.worker_concurrency
