@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     test = msub.add_parser(
         "test", help="print the lead commands a mapping makes from a payload; calls nothing (but --resolve)"
     )
-    test.add_argument("name", help="mapping name")
+    test.add_argument("name", help="mapping name (in BRIDGE_MAPPINGS), or a mapping file's path")
     test.add_argument("payload", type=Path, help="payload file (JSON, form, XML)")
     test.add_argument(
         "--header", action="append", default=[], metavar="K:V", help="a request header, repeatable"
@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--resolve",
         action="store_true",
-        help="also read each command's table (GET, from CONNECT_BASE_URL) and show the request "
-        "bodies with lead state and custom field ids",
+        help="also read each command's table (GET, from CONNECT_BASE_URL; with --sandbox and it "
+        "unset, from a running sandbox's) and show the request bodies with lead state and custom "
+        "field ids",
     )
 
     dlq = sub.add_parser("dlq", help="the dead-letter queue (works beside a running service)")
@@ -229,8 +230,19 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
     path: Path = settings.mappings_path
     if args.mappings_command == "validate" and args.path is not None:
         path = args.path
-    environ: Mapping[str, str] = sandbox_environ(settings, mappings_path=path) if args.sandbox else os.environ
-    env_file = sandbox_env_file(path)
+    name = getattr(args, "name", "")
+    if args.mappings_command == "test" and name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ConfigError(f"no mapping file at {name}")
+        path = Path(name)  # a file of its own (one being written): its mapping, whatever its name
+        name = ""
+    beside = path  # the demo values: beside the mappings, or for a file elsewhere, BRIDGE_MAPPINGS'
+    if path.is_file() and not sandbox_env_file(path).is_file():
+        beside = settings.mappings_path
+    environ: Mapping[str, str] = (
+        sandbox_environ(settings, mappings_path=beside) if args.sandbox else os.environ
+    )
+    env_file = sandbox_env_file(beside)
     hint = None  # shown when a variable is unset and the demo values are there to be had
     if not args.sandbox and env_file.is_file():
         hint = f"add --sandbox to use the demo values of {env_file}"
@@ -243,14 +255,19 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--header {item!r}: expected K:V")
         headers[key.strip().lower()] = value.strip()
     upstream = None
-    if args.resolve:
+    if args.resolve and args.sandbox and settings.connect_base_url is None:
+        from bridge.sandbox import DEMO_API_KEY
+
+        # the sandbox of `leadbridge run --sandbox` (or `leadbridge sandbox`) on this machine
+        upstream = mapping_cli.Upstream(f"http://127.0.0.1:{settings.port + 10}", DEMO_API_KEY)
+    elif args.resolve:
         base_url, key = settings.require_upstream(
-            "--resolve reads the tables from it; for the sandbox's: `leadbridge sandbox`, then "
+            "--resolve reads the tables from it; for a running sandbox's, add --sandbox, or set "
             "CONNECT_BASE_URL=http://127.0.0.1:8010 CONNECT_API_KEY=sandbox-key"
         )
         upstream = mapping_cli.Upstream(base_url, key.get_secret_value())
     return mapping_cli.dry_run(
-        args.name, args.payload, headers, path, environ, sys.stdout, resolve=upstream, unset_hint=hint
+        name, args.payload, headers, path, environ, sys.stdout, resolve=upstream, unset_hint=hint
     )
 
 

@@ -100,11 +100,17 @@ def dry_run(
 ) -> int:
     """Plan one payload with mapping `name` and print the Plan as JSON; calls nothing. With
     `resolve`, also read each command's table (GET only) and print the request bodies the
-    worker would send, names resolved to ids; an unknown state or custom field is an error."""
+    worker would send, names resolved to ids; an unknown state or custom field is an error.
+    `name` "" with `mappings_path` a file: that file's mapping."""
     result = load_all(mappings_path, environ)
+    if not name and mappings_path.is_file() and len(result.mappings) == 1:
+        name = result.mappings[0].name
     mapping = next((m for m in result.mappings if m.name == name), None)
     if mapping is None:
         _problems(result.problems, out, unset_hint)
+        if not name:
+            out.write(f"error: {mappings_path} holds no valid mapping\n")
+            return 1
         known = ", ".join(m.name for m in result.mappings) or "none"
         out.write(f"error: no valid mapping named {name!r} in {mappings_path} (valid: {known})\n")
         return 1

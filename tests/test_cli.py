@@ -234,3 +234,43 @@ def test_run_sandbox_first_webhook_makes_one_lead(
     assert process.wait(timeout=30) == 0
     state = Path(env["BRIDGE_DATA_DIR"]) / "valkey" / "server.json"
     assert not state.exists()
+
+
+def test_mappings_test_takes_a_file_and_resolves_from_the_running_sandbox(tmp_path: Path) -> None:
+    """A mapping being written is tried by its file's path (wherever it is, whatever its name);
+    `--resolve --sandbox` reads the tables of the sandbox `run --sandbox` starts (BRIDGE_PORT + 10)."""
+    env = _env(tmp_path)
+    sample = "mappings/samples/website-contact.json"
+    draft = tmp_path / "draft.yaml"
+    draft.write_text(
+        (REPO / "mappings/website-contact.yaml").read_text().replace("name: website-contact", "name: draft")
+    )
+    result = _leadbridge("mappings", "test", "--sandbox", str(draft), sample, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert orjson.loads(result.stdout)["commands"][0]["mapping"] == "draft"
+    result = _leadbridge("mappings", "test", "--sandbox", str(tmp_path / "missing.yaml"), sample, env=env)
+    assert result.returncode != 0
+    assert "no mapping file at" in result.stdout + result.stderr
+
+    port = _free_port()
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "sandbox", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)  # polling another process's port, not a test sync
+        env = env | {"BRIDGE_PORT": str(port - 10)}
+        result = _leadbridge("mappings", "test", "--sandbox", "--resolve", "website-contact", sample, env=env)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "leadStateId" in result.stdout or "customFieldData" in result.stdout
