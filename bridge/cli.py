@@ -158,14 +158,14 @@ def queue_url(settings: Settings, *, existing: bool = False) -> Iterator[str]:
     if settings.redis_url:
         yield settings.redis_url
         return
-    from bridge.queue.embedded import EmbeddedValkey
+    from bridge.queue.embedded import EmbeddedValkey, kept_running
 
     if existing and not EmbeddedValkey(settings.data_dir).exists():
         raise ConfigError(
             f"no leadbridge store in {settings.data_dir.resolve()} (BRIDGE_DATA_DIR): run this where "
             "`leadbridge run` runs, or set BRIDGE_DATA_DIR or REDIS_URL to its store"
         )
-    with EmbeddedValkey(settings.data_dir) as server:
+    with EmbeddedValkey(settings.data_dir) as server, kept_running(server):
         yield server.url
 
 

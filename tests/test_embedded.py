@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import redis
 
-from bridge.queue.embedded import EmbeddedValkey
+from bridge.queue.embedded import EmbeddedValkey, kept_running
 
 
 def test_data_survives_a_restart(tmp_path: Path) -> None:
@@ -56,3 +58,30 @@ def test_stale_record_of_a_dead_owner_is_replaced(tmp_path: Path) -> None:
         assert fresh.process is not None
         assert fresh.process.pid != state["pid"]
     assert not os.path.exists(state_file)
+
+
+def test_a_server_that_dies_while_its_starter_runs_is_started_again(tmp_path: Path) -> None:
+    """`leadbridge run` (embedded store): its Valkey killed (kill -9, out of memory) comes back by
+    itself with everything it had answered, and is stopped cleanly at the end."""
+    with EmbeddedValkey(tmp_path / "data") as server, kept_running(server, interval_s=0.05):
+        client = redis.Redis.from_url(server.url)
+        client.set("lead", "kept")
+        first = server.process
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)
+
+        def back() -> bool:
+            try:
+                return bool(client.get("lead") == b"kept")
+            except redis.exceptions.ConnectionError:
+                return False
+
+        deadline = time.monotonic() + 20
+        while not back():
+            assert time.monotonic() < deadline, "the server did not come back"
+            time.sleep(0.05)  # polling a restart in another thread, not a test sync
+        restarted = server.process
+        assert restarted is not None
+        assert restarted.pid != first.pid
+        client.close()
+    assert restarted.poll() is not None  # stopped with its starter

@@ -10,7 +10,8 @@ the data records its pid and socket so that other leadbridge processes on the sa
 (`serve` and `worker` side by side, `dlq` commands beside a running service) attach to it
 instead of starting a second one. The process that started it stops it on exit; the server is
 also started with PR_SET_PDEATHSIG so it dies with its parent even after a `kill -9`, and a
-stale record (dead pid) is cleaned up on the next start.
+stale record (dead pid) is cleaned up on the next start. While its starter runs, `kept_running`
+starts it again if it exits (killed, out of memory).
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ import ctypes
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import ConfigError
+
+log = logging.getLogger("bridge.queue.embedded")
 
 PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT_S = 20.0
@@ -238,3 +244,41 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def kept_running(server: EmbeddedValkey, interval_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, start `server` again when it exits (killed, out of memory). Its
+    clients reconnect by themselves, and its append-only file (fsync always) brings back all it
+    had answered; meanwhile webhooks are answered 503, as with any store that is down. Without
+    it, a `leadbridge run` whose store had died answered 503 until someone restarted it. A
+    server this process only attached to is its starter's to keep."""
+    if server.process is None:
+        yield
+        return
+    stopping = threading.Event()
+
+    def watch() -> None:
+        while not stopping.wait(interval_s):
+            process = server.process
+            if process is None or process.poll() is None:
+                continue
+            log.error(
+                "the embedded Valkey server exited (code %s); starting it again (see %s)",
+                process.returncode,
+                server.data_dir / "valkey" / "valkey.log",
+            )
+            try:
+                server.start()
+            except ConfigError as exc:
+                log.error("%s", exc)
+
+    # The server's PR_SET_PDEATHSIG is tied to the thread that started it: one this thread
+    # restarts gets SIGTERM (a clean stop) when the thread ends, at the block's end.
+    watcher = threading.Thread(target=watch, name="valkey-keeper", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        watcher.join(timeout=STARTUP_TIMEOUT_S + interval_s)
