@@ -315,10 +315,9 @@ class Deliverer:
         attempts = await deliveries.record_attempt(
             self.redis, record, attempt, "retrying", keyring=self.keyring
         )
+        kind = _kind(exc)
         if not exc.retryable:
-            return await self._dead(
-                record, exc.message, command, recorded=True, status=exc.status, kind=_kind(exc)
-            )
+            return await self._dead(record, exc.message, command, recorded=True, status=exc.status, kind=kind)
         age_s = record.retry_age_s(time.time())
         waiting = isinstance(exc, WaitForLink | MappingNotLoaded)  # bounded by BRIDGE_LINK_WAIT_S
         delay = self.policy.next_delay_s(
@@ -326,7 +325,6 @@ class Deliverer:
         )
         if delay is None or self._outlives_record(record, delay):
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
-            kind = _kind(exc)
             return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")

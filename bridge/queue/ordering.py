@@ -426,9 +426,8 @@ class Ordering:
             look_names = [*names, keys.delivery(r.delivery_id), unplanned_key(r.mapping), *r.join, *r.leave]
             pending_keys = orjson.dumps(r.join).decode() if r.changed else ""
             look_args = [*common, len(r.join), len(r.leave), pending_keys, r.delivery_id, self._retention_s]
-        pin_keys = [
-            pin.key for pin in pins
-        ]  # the last KEYS; their count, values and `when` after ARGV[11], then `creates`
+        # the last KEYS; their count, values and `when` after ARGV[11], then `creates`
+        pin_keys = [pin.key for pin in pins]
         names, look_names = [*names, *pin_keys], [*look_names, *pin_keys]
         args, look_args = [*args, *pinning], [*look_args, *pinning]
         deadline = time.monotonic() + self._wait_s
