@@ -5,7 +5,11 @@ Source: https://developer.close.com/resources/webhook-subscriptions/ ("Webhook s
 header followed directly by the raw body (`timestamp + body`, no separator), keyed with the
 **hex-decoded** `signature_key` that Close returns when the subscription is created. Close does
 not publish a replay window; we refuse timestamps (Unix seconds) more than `tolerance_s` (300)
-away from now in either direction. The event id is the payload's `event.id` (`ev_…`).
+away from now in either direction. The event id is the payload's `event.id` (`ev_…`). Close
+updates an existing event when more actions on the same object follow within a short time (its
+Event Log docs: `date_updated` changes, `date_created` and the id stay), so an event whose
+`date_updated` differs from its `date_created` is named `{event.id}@{date_updated}`: a later
+version of an event is not taken for a retry of the first (the first keeps the plain id).
 """
 
 from __future__ import annotations
@@ -61,5 +65,9 @@ class CloseProvider(Provider[CloseOptions]):
 
     def event_id(self, verified: Verified, payload: Any) -> str:
         event = payload.get("event") if isinstance(payload, dict) else None
-        event_id = id_text(event.get("id")) if isinstance(event, dict) else None
-        return short_id(event_id) if event_id else body_hash(verified.request.body)
+        if not isinstance(event, dict) or not (event_id := id_text(event.get("id"))):
+            return body_hash(verified.request.body)
+        updated = id_text(event.get("date_updated"))
+        if updated and updated != event.get("date_created"):
+            return short_id(f"{event_id}@{updated}")
+        return short_id(event_id)

@@ -6,7 +6,10 @@ URL carries a token: `https://<host>/hooks/<name>?token=<token>` (the header nam
 default `X-Webhook-Token`, works too, for relays). The body is `multipart/form-data` with
 `formID`, `submissionID`, `formTitle`, `pretty`, … and `rawRequest`, a JSON string of the
 answers, decoded into an object here (`rawRequest.q3_email`, …). The event id is
-`submissionID`.
+`submissionID`. An edited submission is posted again with the same `submissionID` and a non-empty
+`action` (`edit`); its event id also names that edit (`{submissionID}:{action}:{rawRequest.event_id}`,
+else `…:{rawRequest.submitDate}`, else a body hash), so that it is not answered "duplicate" and
+dropped, while a new submission keeps the id it always had.
 """
 
 from __future__ import annotations
@@ -38,4 +41,16 @@ class JotformProvider(Provider[JotformOptions]):
 
     def event_id(self, verified: Verified, payload: Any) -> str:
         submission = id_text(payload.get("submissionID")) if isinstance(payload, dict) else None
-        return short_id(submission) if submission else body_hash(verified.request.body)
+        if not submission:
+            return body_hash(verified.request.body)
+        action = payload.get("action")
+        if not isinstance(action, str) or not action.strip():
+            return short_id(submission)  # a new submission (`action` empty)
+        # An edit of the submission: the same submissionID as the submission and its other edits.
+        raw = payload.get("rawRequest")
+        edit = (
+            (id_text(raw.get("event_id")) or id_text(raw.get("submitDate")))
+            if isinstance(raw, dict)
+            else None
+        )
+        return short_id(f"{submission}:{action}:{edit}") if edit else body_hash(verified.request.body)
