@@ -8,13 +8,7 @@ import asyncio
 
 from bridge.settings import Settings
 from tests.servers import exchange, serve
-
-
-async def _ok(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-    await send({"type": "http.response.body", "body": b"ok"})
+from tests.test_hardening_long_lines import _ok
 
 
 async def test_liveness_is_answered_past_the_concurrency_limit_and_nothing_else_is() -> None:
