@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bridge.errors import InvalidBody, Unauthorized, UnsupportedMediaType
 from bridge.http.hooks import _Query
-from bridge.providers import InboundRequest, build_provider
+from bridge.providers import InboundRequest, Verified, build_provider
 from bridge.providers.base import body_hash
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "payloads"
@@ -321,3 +321,24 @@ def test_hmac_millisecond_timestamps_and_literal_braces() -> None:
 def test_hmac_bad_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         build_provider("hmac", {"secret": "k"} | options)
+
+
+@pytest.mark.parametrize("name", ["token", "basic-auth", "hmac", "none"])
+def test_event_id_field_names_the_submission_instead_of_the_body_hash(name: str) -> None:
+    """A form with no unique field sends byte-identical bodies for two real submissions: with the
+    body's hash as their event id, the second would be answered "duplicate" and dropped."""
+    options: dict[str, Any] = {
+        "token": {"token": "t"},
+        "basic-auth": {"username": "u", "password": "p"},
+        "hmac": {"secret": "s", "header": "X-Signature"},
+        "none": {"insecure": True},
+    }[name]
+    provider = build_provider(name, options | {"event_id_field": "meta.submission", "json_fields": ["data"]})
+    body = b'{"meta": {"submission": "sub-81"}, "data": "{\\"email\\": \\"a@example.com\\"}"}'
+    verified = Verified(request=request(body), provider=name)
+    payload = provider.parse(verified)
+    assert provider.event_id(verified, payload) == "sub-81"
+    bare = Verified(request=request(b'{"meta": {}}'), provider=name)
+    assert provider.event_id(bare, provider.parse(bare)) == body_hash(b'{"meta": {}}')  # no id: the hash
+    plain = build_provider(name, options)
+    assert plain.event_id(verified, plain.parse(verified)) == body_hash(body)

@@ -9,19 +9,19 @@ stops no replay). With a timestamp header, timestamps (`timestamp_unit` s or ms)
 than `tolerance_s` away from now in either direction are refused. The header may carry several
 signatures separated by commas or spaces (rotation on the sender's side); any match passes.
 Hex is compared case-insensitively. Any JSON, urlencoded or multipart body is accepted (see
-`generic`); the event id is a hash of the body.
+`generic`); the event id is a hash of the body, or the field `event_id_field` names.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
 from bridge.errors import Unauthorized
-from bridge.providers.base import InboundRequest, Provider, Secrets, Verified, secrets_of
+from bridge.providers.base import InboundRequest, Secrets, Verified, secrets_of
 from bridge.providers.checks import (
     Algorithm,
     Encoding,
@@ -30,7 +30,7 @@ from bridge.providers.checks import (
     integer_timestamp,
     signed_by_any,
 )
-from bridge.providers.generic import GENERIC_CONTENT_TYPES, GenericBodyOptions, parse_generic
+from bridge.providers.generic import GenericBodyOptions, GenericProvider
 
 PLACEHOLDERS = {"body", "timestamp"}
 SEPARATORS = re.compile(r"[,\s]+")
@@ -73,10 +73,9 @@ class HmacOptions(GenericBodyOptions):
         return self
 
 
-class HmacProvider(Provider[HmacOptions]):
+class HmacProvider(GenericProvider[HmacOptions]):
     name = "hmac"
     Options = HmacOptions
-    content_types = GENERIC_CONTENT_TYPES
 
     def __init__(self, options: HmacOptions) -> None:
         super().__init__(options)
@@ -118,6 +117,3 @@ class HmacProvider(Provider[HmacOptions]):
             encoding=options.encoding,
         )
         return Verified(request=request, provider=self.name)
-
-    def parse(self, verified: Verified) -> Any:
-        return parse_generic(verified, self.options.json_fields)
