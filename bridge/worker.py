@@ -318,12 +318,9 @@ class Deliverer:
         kind = _kind(exc)
         if not exc.retryable:
             return await self._dead(record, exc.message, command, recorded=True, status=exc.status, kind=kind)
-        age_s = record.retry_age_s(time.time())
-        waiting = isinstance(exc, WaitForLink | MappingNotLoaded)  # bounded by BRIDGE_LINK_WAIT_S
-        delay = self.policy.next_delay_s(
-            attempts, age_s, exc.retry_after_s, self.rng, waiting_for_link=waiting
-        )
-        if delay is None or self._outlives_record(record, delay):
+        delay = self._next_try_in(record, attempts, exc, self.rng)
+        if delay is None:
+            age_s = record.retry_age_s(time.time())
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
             return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         if command is not None:
@@ -494,11 +491,19 @@ class Deliverer:
         return None
 
     def _last_try(self, record: DeliveryRecord, exc: UpstreamError) -> bool:
-        """Whether this retryable failure would dead-letter the delivery (`_failed`: its attempts
-        or its window spent)."""
-        attempts, age_s = record.attempts + 1, record.retry_age_s(time.time())
-        delay = self.policy.next_delay_s(attempts, age_s, exc.retry_after_s, random.Random(attempts))
-        return delay is None or self._outlives_record(record, delay)
+        """Whether this retryable failure would dead-letter the delivery (as `_failed` decides)."""
+        attempts = record.attempts + 1
+        return self._next_try_in(record, attempts, exc, random.Random(attempts)) is None
+
+    def _next_try_in(
+        self, record: DeliveryRecord, attempts: int, exc: DeliveryError, rng: random.Random
+    ) -> float | None:
+        """The pause before the delivery's next try after `attempts` failed ones ending in `exc`,
+        or None: it gives up (attempts or window spent, or its record would expire first)."""
+        waiting = isinstance(exc, WaitForLink | MappingNotLoaded)  # bounded by BRIDGE_LINK_WAIT_S
+        age_s = record.retry_age_s(time.time())
+        delay = self.policy.next_delay_s(attempts, age_s, exc.retry_after_s, rng, waiting_for_link=waiting)
+        return None if delay is None or self._outlives_record(record, delay) else delay
 
     async def _turn_pins(
         self, command: LeadCommand, idem: str
