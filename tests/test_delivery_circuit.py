@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from bridge.errors import UpstreamError
 from bridge.queue import circuit, deliveries, keys
 from bridge.queue.circuit import CircuitBreaker, CircuitConfig, CircuitOpen, GuardedConnect
-from tests.pipeline import pipeline
+from tests.pipeline import Pipeline, pipeline
 from tests.servers import until
 
 CONFIG = CircuitConfig(
@@ -168,6 +168,24 @@ async def test_what_counts_as_the_upstream_being_down(
         assert upstream.calls == 20  # the 21st call never left
 
 
+async def send_contacts(pipe: Pipeline, prefix: str, count: int) -> list[str]:
+    """Send `count` contacts (`{prefix}{n}@example.com`); their delivery ids."""
+    ids = []
+    for n in range(count):
+        response = await pipe.send_signed({"data": {"email": f"{prefix}{n}@example.com", "first_name": "C"}})
+        ids.append(response.json()["delivery_id"])
+    return ids
+
+
+async def one_lead_each(pipe: Pipeline, prefix: str, count: int) -> None:
+    """Every contact `send_contacts` sent is one lead, created once."""
+    entries = await pipe.entries()
+    assert sorted(e["data"]["email"] for e in entries) == sorted(
+        f"{prefix}{n}@example.com" for n in range(count)
+    )
+    assert [e["type"] for e in await pipe.events()].count("table.entry.added") == count
+
+
 async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -191,10 +209,7 @@ async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
             return sum(r.attempts for r in records if r is not None)
 
         await pipe.set_faults(error_rate=1.0)
-        ids = []
-        for n in range(6):
-            response = await pipe.send_signed({"data": {"email": f"c{n}@example.com", "first_name": "C"}})
-            ids.append(response.json()["delivery_id"])
+        ids = await send_contacts(pipe, "c", 6)
 
         await until(lambda: metrics.registry.get_sample_value("leadbridge_circuit_open") == 1, timeout_s=10)
         assert await circuit.read_state(pipe.redis) == "open"
@@ -228,9 +243,7 @@ async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
             await pipe.wait_status(delivery_id, "delivered", timeout_s=15)
         assert await circuit.read_state(pipe.redis) == "closed"
         assert metrics.registry.get_sample_value("leadbridge_circuit_open") == 0
-        entries = await pipe.entries()
-        assert sorted(e["data"]["email"] for e in entries) == sorted(f"c{n}@example.com" for n in range(6))
-        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 6
+        await one_lead_each(pipe, "c", 6)
 
 
 async def test_a_refused_api_key_holds_deliveries_until_it_is_put_right(
@@ -248,10 +261,7 @@ async def test_a_refused_api_key_holds_deliveries_until_it_is_put_right(
     ) as pipe:
         key = pipe.sandbox._api_key
         pipe.sandbox._api_key = b"rotated-upstream"  # the key the worker sends is refused now
-        ids = []
-        for n in range(4):
-            response = await pipe.send_signed({"data": {"email": f"k{n}@example.com", "first_name": "K"}})
-            ids.append(response.json()["delivery_id"])
+        ids = await send_contacts(pipe, "k", 4)
         metrics = pipe.runtime.metrics
         await until(lambda: metrics.registry.get_sample_value("leadbridge_circuit_open") == 1, timeout_s=10)
         assert [await pipe.delivery_status(i) for i in ids].count("dead") == 0
@@ -261,9 +271,7 @@ async def test_a_refused_api_key_holds_deliveries_until_it_is_put_right(
         pipe.sandbox._api_key = key  # put right (in production: the Secret, then a restart)
         for delivery_id in ids:
             await pipe.wait_status(delivery_id, "delivered", timeout_s=15)
-        entries = await pipe.entries()
-        assert sorted(e["data"]["email"] for e in entries) == sorted(f"k{n}@example.com" for n in range(4))
-        assert [e["type"] for e in await pipe.events()].count("table.entry.added") == 4
+        await one_lead_each(pipe, "k", 4)
 
 
 async def test_successes_while_closed_are_recorded_in_batches_and_all_counted(redis_client: Redis) -> None:

@@ -33,6 +33,16 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
     return [line.replace(str(path), "{file}") for line in load_all(path, {}).problems]
 
 
+def data_of(tmp_path: Path, text: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The first command's `data` that the mapping file `text` (which must load without a
+    problem) makes from `payload`."""
+    result = load_all(write(tmp_path, "m.yaml", text), {})
+    assert result.problems == []
+    (mapping,) = result.mappings
+    data: dict[str, Any] = run_sync(mapping.plan(payload)).commands[0].data
+    return data
+
+
 # --- YAML ------------------------------------------------------------------------------------------
 
 
@@ -49,12 +59,7 @@ def test_a_merge_key_is_overridden_by_the_mappings_own_key(tmp_path: Path) -> No
         "      required: false\n"
         "    other_email: *backup\n"  # the merged mapping again, through an alias
     )
-    path = write(tmp_path, "m.yaml", text)
-    result = load_all(path, {})
-    assert result.problems == []
-    (mapping,) = result.mappings
-    plan = run_sync(mapping.plan({"email": "A@Example.com", "backup": "B@Example.com"}))
-    assert plan.commands[0].data == {
+    assert data_of(tmp_path, text, {"email": "A@Example.com", "backup": "B@Example.com"}) == {
         "email": "a@example.com",
         "backup_email": "b@example.com",
         "other_email": "b@example.com",
@@ -84,12 +89,7 @@ def test_a_merged_mapping_keeps_its_own_overrides_of_what_it_merged(tmp_path: Pa
         "      <<: [*text, *lowered]\n"  # the first mapping listed wins: `text`'s then
         "      path: home\n"
     )
-    path = write(tmp_path, "m.yaml", text)
-    result = load_all(path, {})
-    assert result.problems == []
-    (mapping,) = result.mappings
-    plan = run_sync(mapping.plan({"email": "A@Example.com", "home": "B@Example.com"}))
-    assert plan.commands[0].data == {
+    assert data_of(tmp_path, text, {"email": "A@Example.com", "home": "B@Example.com"}) == {
         "email": "A@Example.com",
         "work_email": "a@example.com",
         "home_email": "b@example.com",
@@ -124,11 +124,7 @@ def test_an_unquoted_date_as_a_map_key_is_its_text(tmp_path: Path) -> None:
     """An unquoted date stays text as a value (docs: YAML pitfalls); as a map key it stopped the
     whole file with "(yaml): a key must be a scalar"."""
     text = HEAD + "lead:\n  data:\n    launch: {path: day, map: {2025-07-01: yes}}\n"
-    path = write(tmp_path, "m.yaml", text)
-    result = load_all(path, {})
-    assert result.problems == []
-    plan = run_sync(result.mappings[0].plan({"email": "a@example.com", "day": "2025-07-01"}))
-    assert plan.commands[0].data == {"launch": True}
+    assert data_of(tmp_path, text, {"email": "a@example.com", "day": "2025-07-01"}) == {"launch": True}
 
 
 @pytest.mark.parametrize(
