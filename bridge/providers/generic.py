@@ -41,10 +41,12 @@ class GenericProvider(Provider[GenericOptionsT]):
 
     def event_id(self, verified: Verified, payload: Any) -> str:
         field = self.options.event_id_field
+        if not field:
+            return body_hash(verified.request.body)
         value: Any = payload
-        for part in field.split(".") if field else ():
+        for part in field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        named = id_text(value) if field else None
+        named = id_text(value)
         return short_id(named) if named else body_hash(verified.request.body)
 
 
