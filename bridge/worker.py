@@ -6,10 +6,13 @@
       wait for the record's turn, take its lease lock, skip it if already applied, else call
       → delivered | ignored | retry later | wait (not an attempt) | dead-letter with the reason
 
-Every create/patch carries an idempotency key derived from (mapping, event id, command index,
-step), identical on every attempt and on replay. A command's success is recorded before the job
-completes; if the worker dies in between, the rerun skips it, and if it dies between the
-upstream's answer and that record, the rerun sends the same key and the upstream replays.
+Every create/patch carries an idempotency key derived from (mapping, event id, command slot,
+step), identical on every attempt and on replay. A command's slot is its place in the delivery:
+its position, or with `each` its element's identity (`bridge.mapping.elements`), which stays
+the element's when a reloaded mapping orders or filters the list otherwise. A command's success
+is recorded before the job completes; if the worker dies in between, the rerun skips it, and if
+it dies between the upstream's answer and that record, the rerun sends the same key and the
+upstream replays.
 
 Failures (bridge.retry): retryable ones come back after a backoff with full jitter (Retry-After
 as a floor) until the attempts or the window run out; permanent ones (other 4xx, mapping errors)
@@ -66,15 +69,24 @@ FINISHED = ("delivered", "ignored", "dead")
 MAX_WORKER_DEATHS = 5
 QUEUE_DOWN_DEFER_S = (1.0, 3.0)  # a job that lost Redis comes back within this range
 
-__all__ = ["Deliverer", "RetryPolicy", "idempotency_key"]
+__all__ = ["Deliverer", "RetryPolicy", "idempotency_key", "slot"]
 
 
 class MappingLookup(Protocol):
     def get(self, name: str) -> Any: ...
 
 
-def idempotency_key(mapping: str, event_id: str, index: int, step: str) -> str:
-    return f"lb-{keys.digest(mapping + chr(0) + event_id)}-{index}-{step}"
+def idempotency_key(mapping: str, event_id: str, slot: str, step: str) -> str:
+    return f"lb-{keys.digest(mapping + chr(0) + event_id)}-{slot}-{step}"
+
+
+def slot(record: DeliveryRecord, command: LeadCommand) -> str:
+    """What `command` is recorded done as, and its idempotency key names: its element's identity
+    where it has one and the delivery goes by element (`DeliveryRecord.by_element`), else its
+    position (every command of a mapping without `each`: "0")."""
+    if record.by_element and command.element is not None:
+        return command.element
+    return str(command.index)
 
 
 class Deliverer:
@@ -240,7 +252,10 @@ class Deliverer:
                 await deliveries.finish(self.redis, record, "ignored")
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
-            owed = [c for c in plan.commands if str(c.index) not in done]
+            if record.by_element and any(done_as.isdigit() for done_as in done):
+                # Recorded by position (a worker of an earlier version ran it): go on that way.
+                record.by_element = False
+            owed = [c for c in plan.commands if slot(record, c) not in done]
             records = [(c.link, c.key) for c in owed if c.key is not None]
             pending: Registration | None = None
             if owed and owed[0].key is not None:
@@ -398,13 +413,14 @@ class Deliverer:
     ) -> bool:
         """Apply one command unless an earlier run did. With `finish` (the delivery's last
         command), a keyed command's end also marks the delivery delivered: returns True then."""
-        idem = idempotency_key(record.mapping, record.event_id, command.index, "")
+        done_as = slot(record, command)
+        idem = idempotency_key(record.mapping, record.event_id, done_as, "")
         if command.key is None:
             outcome, entry_id = await self._apply(record, command, idem, None, None)
-            await self._record_done(record, command, entry_id or outcome, _pins(idem))
+            await self._record_done(record, done_as, entry_id or outcome, _pins(idem))
             self._count(record, command, outcome)
             return False
-        step = Step(record.id, record.seq, command.link, command.key, command.index, command.order_scope)
+        step = Step(record.id, record.seq, command.link, command.key, done_as, command.order_scope)
         built, pins = await self._turn_pins(command, idem)
         # its own create (pinned or not: a body that cannot be built now may have gone before)
         creates = keys.sent(idem + "c") if command.action != "patch" else ""
@@ -538,12 +554,10 @@ class Deliverer:
         ]
         return built, pins
 
-    async def _record_done(
-        self, record: DeliveryRecord, command: LeadCommand, result: str, unpin: list[str]
-    ) -> None:
+    async def _record_done(self, record: DeliveryRecord, done_as: str, result: str, unpin: list[str]) -> None:
         done_key = keys.done(record.id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(done_key, str(command.index), result)
+            pipe.hset(done_key, done_as, result)
             pipe.expire(done_key, self.settings.retention_s)
             pipe.delete(*unpin)
             await pipe.execute()

@@ -108,7 +108,7 @@ async def _queued(redis: Redis, delivery_id: str) -> None:
 
 
 async def _take_turn(ordering: Ordering, delivery_id: str, seq: int, key: str = "k") -> None:
-    async with ordering.turn(Step(delivery_id, seq, "link", key, 0), {"m"}) as held:
+    async with ordering.turn(Step(delivery_id, seq, "link", key, "0"), {"m"}) as held:
         assert not held.done
 
 
@@ -161,9 +161,9 @@ async def test_the_lease_lock_is_exclusive_renewed_and_released(redis_client: Re
     first = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
     second = Ordering(redis_client, retention_s=60, lease_s=1.0, wait_s=0.05)
     name = keys.record(keys.LOCK, "l", "k")
-    async with first.turn(Step("d1", 1, "l", "k", 0), ()):
+    async with first.turn(Step("d1", 1, "l", "k", "0"), ()):
         with pytest.raises(OrderWait) as held:
-            async with second.turn(Step("d2", 2, "l", "k", 0), ()):
+            async with second.turn(Step("d2", 2, "l", "k", "0"), ()):
                 pass
         assert 0 < held.value.defer_s <= 1.0
 
@@ -181,15 +181,15 @@ async def test_a_run_that_outlived_its_lease_does_not_put_an_older_order_back(re
     record's order must stay d2's: put back to d1's, a later d3 older than d2 would overwrite
     d2's newer data."""
     ordering = Ordering(redis_client, retention_s=60, lease_s=30, wait_s=0.05)
-    stalled = Step("d1-stalled", 1, "link", "lease", 0)
+    stalled = Step("d1-stalled", 1, "link", "lease", "0")
     async with ordering.turn(stalled, ()) as a:
         await redis_client.delete(stalled.lock)  # A's lease ran out while it stalled
-        async with ordering.turn(Step("d2-newer", 2, "link", "lease", 0), ()) as b:
+        async with ordering.turn(Step("d2-newer", 2, "link", "lease", "0"), ()) as b:
             await ordering.end(b, "entry", leave_pending=True, order="2000", unpin=PINS)
         await ordering.end(a, "entry", leave_pending=True, order="1000", unpin=PINS)
     assert await redis_client.get(stalled.order) == b"2000"
     # an order as text (an ISO time) is compared as text, as the worker compares it
-    text = Step("d3", 3, "link", "text", 0)
+    text = Step("d3", 3, "link", "text", "0")
     for order in ("2026-11-29T10:00:00Z", "2026-11-29T09:00:00Z"):
         async with ordering.turn(text, ()) as held:
             await ordering.end(held, "entry", leave_pending=True, order=order, unpin=PINS)
@@ -226,7 +226,7 @@ async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client:
     ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
     await _queued(redis_client, "d")
     await ordering.register("d", "m", 1, [("l", "k")])
-    step = Step("d", 1, "l", "k", 3)
+    step = Step("d", 1, "l", "k", "3")
     async with ordering.turn(step, {"m"}) as held:
         assert (held.done, held.entry_id, held.last_order) == (False, None, None)
         await ordering.end(held, "entry-1", leave_pending=True, link_to="entry-1", order="7", unpin=PINS)
@@ -240,7 +240,7 @@ async def test_a_step_ended_is_done_linked_ordered_and_out_of_line(redis_client:
         assert again.done
         assert not await redis_client.exists(step.lock)
     # The next command for the record reads what the first one left.
-    async with ordering.turn(Step("e", 2, "l", "k", 0), {"m"}) as later:
+    async with ordering.turn(Step("e", 2, "l", "k", "0"), {"m"}) as later:
         assert (later.entry_id, later.last_order) == ("entry-1", "7")
 
 
@@ -250,7 +250,7 @@ async def test_a_turn_sets_the_pins_that_apply_and_returns_those_an_earlier_run_
     ordering = Ordering(redis_client, retention_s=60, lease_s=5, wait_s=0.05)
     await _queued(redis_client, "g")
     await ordering.register("g", "m", 1, [("l", "k")])
-    step = Step("g", 1, "l", "k", 0)
+    step = Step("g", 1, "l", "k", "0")
 
     def pins(run: str) -> list[Pin]:
         whens = (Pin.ALWAYS, Pin.UNLINKED, Pin.LINKED)
@@ -390,7 +390,7 @@ async def test_the_last_step_ended_with_finish_delivers_it_and_ends_its_job(redi
     await redis_client.hset(keys.delivery("f"), mapping={"mapping": "m", "status": "retrying", "reason": "x"})
     await redis_client.zadd(keys.DLQ, {"f": 1.0})  # a replayed dead letter
     joined = await ordering.register("f", "m", 1, [("l", "k1"), ("l", "k2")])
-    async with ordering.turn(Step("f", 1, "l", "k2", 1), {"m"}) as held:
+    async with ordering.turn(Step("f", 1, "l", "k2", "1"), {"m"}) as held:
         await ordering.end(held, "entry-2", leave_pending=True, finish=("m", joined), unpin=PINS)
     assert await redis_client.hget(keys.delivery("f"), "status") == b"delivered"
     assert not await redis_client.hexists(keys.delivery("f"), "reason")
@@ -408,7 +408,7 @@ async def test_a_turn_can_register_the_delivery_in_the_same_round_trip(redis_cli
     joined_before = await ordering.register("r", "m", 4, [("l", "old")])  # an earlier run's plan
     await redis_client.zadd(unplanned_key("m"), {"r": 4})  # (as if its planning ran again)
     registration = Registration.of("r", "m", [("l", "k1"), ("l", "k2")], joined_before)
-    async with ordering.turn(Step("r", 4, "l", "k1", 0), {"m"}, registration) as held:
+    async with ordering.turn(Step("r", 4, "l", "k1", "0"), {"m"}, registration) as held:
         assert not held.done
         assert await redis_client.zscore(pending_key("l", "k1"), "r") == 4
         assert await redis_client.zscore(pending_key("l", "k2"), "r") == 4

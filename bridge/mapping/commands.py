@@ -27,6 +27,11 @@ class LeadCommand(BaseModel):
 
     mapping: str
     index: int = Field(ge=0, description="position of this command in its delivery")
+    element: str | None = Field(
+        default=None,
+        exclude=True,
+        description="with `each`: the element's identity in its delivery (`elements.element_ids`)",
+    )
     action: Action
     table: str
     link: str = Field(description="link namespace (defaults to the mapping name)")

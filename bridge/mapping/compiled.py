@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from bridge.errors import MappingError
 from bridge.mapping.commands import EXTRA_FIELDS, LeadCommand, Plan
+from bridge.mapping.elements import element_ids
 from bridge.mapping.expressions import Compiler, Expr, truthy
 from bridge.mapping.models import URL_PART, EnrichSpec, MappingFile, ValueObject
 from bridge.mapping.transforms import epoch_ms_text, stringify
@@ -148,16 +149,17 @@ class CompiledMapping:
             elements = found
         if self.enrich is not None and enrich is None and elements:
             raise MappingError("enrich: this mapping fetches records, but no fetcher was given")
+        ids = element_ids(elements) if self._each is not None else None
         commands: list[LeadCommand] = []
         for index, element in enumerate(elements):
             if self.enrich is not None:
                 assert enrich is not None
                 element = await self.enrich.apply(element, enrich)
-            commands.append(self.command(index, element))
+            commands.append(self.command(index, element, ids[index] if ids is not None else None))
         return Plan.model_construct(ignored=False, commands=commands)
 
-    def command(self, index: int, element: Any) -> LeadCommand:
-        """The lead command for one (enriched) element."""
+    def command(self, index: int, element: Any, element_id: str | None = None) -> LeadCommand:
+        """The lead command for one (enriched) element; `element_id`: its identity (`each`)."""
         key: str | None = None
         if self._key is not None and (raw := self._key(element)) is not OMIT:
             key = _text(raw, "key")
@@ -183,6 +185,7 @@ class CompiledMapping:
         return LeadCommand.model_construct(
             mapping=self.name,
             index=index,
+            element=element_id,
             action=self.action,
             table=self.table,
             link=self.link,

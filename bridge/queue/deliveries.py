@@ -74,6 +74,10 @@ class DeliveryRecord(BaseModel):
     payload_error: str | None = Field(default=None, exclude=True)
     # The per-record ordering sets it joined (`bridge.queue.ordering`), as loaded.
     registered: list[str] = Field(default_factory=list, exclude=True)
+    # Stored by a version whose worker records an `each` command done, and keys it, by its
+    # element's identity (BY_ELEMENT): False for one stored before, whose earlier runs (if any)
+    # went by position. The worker goes by position too where the done record holds positions.
+    by_element: bool = Field(default=False, exclude=True)
 
     def retry_age_s(self, now: float) -> float:
         """How much of its retry window the delivery has used: the time since it arrived, or
@@ -105,6 +109,9 @@ async def load(
 # What the worker reads to start a delivery, by key prefix (the delivery id appended): its hash
 # and the commands already applied. The job's claim reads them (`arq_adapter` `preload`).
 PRELOAD = (keys.DELIVERY, keys.DONE)
+# The delivery's field (written at ingest) that says its `each` commands go by element, not
+# position (`DeliveryRecord.by_element`).
+BY_ELEMENT = "ids"
 # The delivery's field counting its job's runs that have not ended (the claim adds one, an end
 # short of done sets 0, a replay too): what a worker that died while running it left behind.
 UNFINISHED = "unfinished"
@@ -163,6 +170,7 @@ def _record(
         body=body,
         payload_error=payload_error,
         registered=orjson.loads(registered) if registered else [],
+        by_element=raw.get(BY_ELEMENT.encode()) == b"element",
     )
 
 

@@ -48,7 +48,8 @@ from bridge.queue.replypipe import ReplyPipe
 # KEYS: the arq queue, the seq counter, then per delivery: its dedupe record, its hash, its
 # mapping's unplanned set. ARGV: retention s, now ms, dedupe window s, key id ('' when stored in
 # clear), the channel that wakes idle workers, then per delivery: mapping, provider, event id,
-# headers, body, delivery id. Returns per delivery: 1, its id (stored) or 0, the first
+# headers, body, delivery id. Each delivery is marked as one whose `each` commands go by element
+# (field `ids`: `deliveries.BY_ELEMENT`). Returns per delivery: 1, its id (stored) or 0, the first
 # delivery's id (duplicate). Per batch, not per delivery: one MGET of the dedupe records (a
 # duplicate of an earlier delivery of the same batch is found in `first_in_batch`), the seq
 # counter read and written once, one ZADD to the queue, one ZADD + EXPIRE per mapping's line.
@@ -75,7 +76,7 @@ for n = 0, count - 1 do
     seq = seq + 1
     redis.call('HSET', KEYS[k + 2], 'mapping', ARGV[a + 1], 'provider', ARGV[a + 2],
       'event_id', ARGV[a + 3], 'received_at', now, 'headers', ARGV[a + 4], 'body', ARGV[a + 5],
-      'status', 'queued', 'seq', seq, 'attempts', 0)
+      'status', 'queued', 'seq', seq, 'attempts', 0, 'ids', 'element')
     if enc ~= '' then
       redis.call('HSET', KEYS[k + 2], 'enc', enc)
     end

@@ -68,7 +68,7 @@ MIN_DEFER_S = 0.05
 # link's mappings, then, when
 # registering, the delivery's hash, its mapping's unplanned set, the W sets to join and the L
 # sets to leave, and last the keys of its pins (`Pin`). ARGV: seq, arq queue key, lock token,
-# lease ms, command index, G, W (-1: no registration), L, the delivery's new `pending_keys` (''
+# lease ms, command slot, G, W (-1: no registration), L, the delivery's new `pending_keys` (''
 # when unchanged), delivery id, retention s, the number P of pins (`Pin`), then each pin's value
 # and when it applies ('a' always, 'u' with no entry linked, 'l' with one); the P pins' keys are
 # the last P KEYS; and last the key of the command's own create pin ('' if it makes none).
@@ -153,7 +153,7 @@ DONE, WAIT, LOCKED, GO = 0, 1, 2, 3
 # KEYS: done hash, lock, pending(K), link, order, delivery, arq job, claim and try counter, DLQ,
 # arq queue, the command's 3 pinned bodies (bridge/queue/sent.py: dropped), K's create in doubt
 # (dropped with a link), then (finishing) the sets to leave.
-# ARGV: index, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
+# ARGV: slot, done value, retention s, token, leave pending ('1'/''), delivery id, entry id to
 # link (or ''), order value (or ''), finish ('1'/'').
 END_SCRIPT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -218,7 +218,7 @@ class Step:
     seq: int
     link: str
     key: str
-    index: int
+    slot: str  # what the command is recorded done as (`bridge.worker.slot`)
     order_scope: str | None = None  # the mapping's `order_scope`: order compared per key and scope
 
     @property
@@ -412,7 +412,7 @@ class Ordering:
             arq_adapter.QUEUE_KEY,
             token,
             self._lease_ms,
-            step.index,
+            step.slot,
             len(group),
         ]
         args: list[str | int | bytes] = [*common, -1, 0, "", step.delivery_id, self._retention_s]
@@ -544,7 +544,7 @@ class Ordering:
                 *leave,
             ],
             args=[
-                step.index,
+                step.slot,
                 result,
                 self._retention_s,
                 held.token,
