@@ -252,8 +252,7 @@ class Deliverer:
                 await deliveries.finish(self.redis, record, "ignored")
                 log.info("delivery ignored by the mapping's `when`", extra=self._ids(record))
                 return "ignored"
-            if record.by_element and any(done_as.isdigit() for done_as in done):
-                # Recorded by position (a worker of an earlier version ran it): go on that way.
+            if record.by_element and await self._went_by_position(record, plan, done):
                 record.by_element = False
             owed = [c for c in plan.commands if slot(record, c) not in done]
             records = [(c.link, c.key) for c in owed if c.key is not None]
@@ -298,6 +297,26 @@ class Deliverer:
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
         # Finished by the last command's end: the delivery and its arq job, in one atomic step.
         return JobFinished("delivered") if finished else "delivered"
+
+    async def _went_by_position(self, record: DeliveryRecord, plan: Plan, done: Mapping[str, str]) -> bool:
+        """Whether an earlier run of this delivery, marked to go by element, went by position (a
+        worker of the earlier version took it during a rolling upgrade): its done record holds
+        positions, or, with nothing recorded done yet, it left a body pinned under a position's
+        key (`_turn_pins`, `_send`: pinned before it goes, dropped once done). A request it sent
+        whose answer was lost (or whose create's follow-up patch failed) is on record only
+        there: the rerun must send it under that key again, which the upstream replays, not
+        under the element's, which makes a second lead."""
+        if done:
+            return any(done_as.isdigit() for done_as in done)
+        if not (record.attempts or record.replayed_at is not None or record.cut or record.unfinished > 1):
+            return False  # its first run: nothing went yet
+        pins = [
+            pin
+            for c in plan.commands
+            if c.element is not None
+            for pin in _pins(idempotency_key(record.mapping, record.event_id, str(c.index), ""))
+        ]
+        return bool(pins) and bool(await self.redis.exists(*pins))
 
     async def _deferral(self, record: DeliveryRecord, exc: Deferred) -> Retry:
         """Put the job back for about `defer_s` (jittered) without counting an attempt, and

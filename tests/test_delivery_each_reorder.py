@@ -1,21 +1,25 @@
 """A delivery's commands are recorded done, and keyed, by slot: with `each`, the element's own
 identity (`bridge.mapping.elements`), so a mapping reloaded between two runs of the delivery (the
 documented repair: fix the mapping, replay) that orders or filters the list otherwise neither
-skips an element nor sends one twice. A delivery stored before element ids, or whose done record
-holds positions (a worker of that version ran it), goes on by position."""
+skips an element nor sends one twice. A delivery stored before element ids, or that a worker of
+that version ran (its done record holds positions, or a body is pinned under a position's key),
+goes on by position."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import orjson
+import pytest
 
+from bridge import worker
 from bridge.mapping.commands import LeadCommand
 from bridge.mapping.elements import element_ids
 from bridge.queue import deliveries, keys
 from bridge.queue.deliveries import DeliveryRecord
 from bridge.worker import slot
 from tests.pipeline import Pipeline, sign
+from tests.servers import until
 from tests.test_semantics import HEADER, _pipeline
 
 EACH = (
@@ -122,3 +126,25 @@ def test_the_slot_is_the_element_only_for_a_delivery_that_goes_by_element() -> N
     record.by_element = True
     assert slot(record, _command(3, "eabc")) == "eabc"
     assert slot(record, _command(0, None)) == "0"  # a mapping without `each`
+
+
+async def test_a_marked_delivery_whose_first_try_went_by_position_goes_on_by_position(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rolling upgrade: ingest marks the delivery, a worker of the earlier version takes its
+    # first try (by position) and sends element 0's create, whose answer is lost: nothing on
+    # record as done, only the pin under its position's key. The retry, on a new worker, must
+    # send it under that key again (the upstream replays), not under the element's (a second lead).
+    def by_position_first(record: DeliveryRecord, command: LeadCommand) -> str:
+        return str(command.index) if record.attempts == 0 else slot(record, command)
+
+    monkeypatch.setattr(worker, "slot", by_position_first)
+    items = [{"email": "a@example.com"}, {"email": "b@example.com"}]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": CREATES}, BRIDGE_RETRY_BASE_S=0.05) as pipe:
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=0.5)
+        raw = orjson.dumps({"items": items})
+        delivery_id = (await pipe.post("batch", raw, sign(raw))).json()["delivery_id"]
+        await until(pipe.entries)
+        await pipe.set_faults()
+        assert await pipe.wait_status(delivery_id, "delivered", "dead") == "delivered"
+        assert await _emails(pipe) == ["a@example.com", "b@example.com"]

@@ -76,7 +76,8 @@ class DeliveryRecord(BaseModel):
     registered: list[str] = Field(default_factory=list, exclude=True)
     # Stored by a version whose worker records an `each` command done, and keys it, by its
     # element's identity (BY_ELEMENT): False for one stored before, whose earlier runs (if any)
-    # went by position. The worker goes by position too where the done record holds positions.
+    # went by position. The worker goes by position too where an earlier run did
+    # (`Deliverer._went_by_position`).
     by_element: bool = Field(default=False, exclude=True)
 
     def retry_age_s(self, now: float) -> float:
@@ -121,7 +122,7 @@ async def load_for_work(
     redis: Redis, delivery_id: str, keyring: crypto.Keyring | None
 ) -> tuple[DeliveryRecord | None, dict[str, str]]:
     """The worker's read, one round trip: the delivery, and the commands already applied
-    (command index -> result) by earlier runs."""
+    (command slot, `worker.slot` -> result) by earlier runs."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.delivery(delivery_id))
         pipe.hgetall(keys.done(delivery_id))
