@@ -460,7 +460,7 @@ class Deliverer:
                 if earlier_body is not None:
                     # An earlier run pinned it, and may have sent it (killed, or its lease ran
                     # out, before any attempt was recorded): send that body, as a retry would.
-                    body = await self.sent.opened(idem + name, earlier_body, body)
+                    body = await self.sent.opened(idem + name, earlier_body, body, before_send=True)
                 pinned[name] = body
             del built
             outcome, entry_id = await self._apply(
@@ -493,12 +493,16 @@ class Deliverer:
         answers with the entry it made (or makes it now: that delivery was accepted, so its lead
         is owed). Without it the record's next create would be a second lead for one person.
         None when there is nothing to adopt: the body is gone (refused for good, or expired), or
-        the upstream refuses it for good now (the other delivery's problem, not this one's)."""
+        the upstream refuses it for good now (the other delivery's problem, not this one's). A
+        body sealed with a key that is not configured raises `PinUnreadable` (dead-lettered)."""
         orphan = turn.orphan
         if orphan is None:
             return None
         idem = orphan.removeprefix(keys.SENT)
-        body = await self.sent.earlier(idem)
+        # Sent, perhaps applied: a pin sealed with a key this worker lacks (a rotation rolled
+        # back, a key removed early) is not "nothing to adopt", which would make a second lead;
+        # PinUnreadable dead-letters this delivery, which adopts the entry once the key is back.
+        body = await self.sent.earlier_sent(idem)
         if body is not None:
             try:
                 entry = await self.connect.create_entry(body, idem)
@@ -745,7 +749,7 @@ class Deliverer:
                     body = earlier
                 else:
                     if not unpinned:
-                        body = await self.sent.pin(idem, body)
+                        body = await self.sent.pin(idem, body, before_send=True)
             try:
                 answer = await send(body)
             except UpstreamError as exc:

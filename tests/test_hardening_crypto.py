@@ -15,7 +15,10 @@ from bridge.errors import ConfigError
 from bridge.queue import crypto, deliveries, keys
 from bridge.queue.crypto import DecryptError, Keyring
 from bridge.queue.ingest import Accepter, Incoming
-from tests.pipeline import pipeline, sign
+from bridge.queue.sent import SentBodies
+from tests.pipeline import Pipeline, pipeline, sign
+from tests.test_delivery_mapping_changes import _lost_create, _one_lead, _reload
+from tests.test_semantics import SIMPLE, _pipeline, _send
 
 ADMIN_TOKEN = "crypto-admin-token-71d2"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -171,6 +174,36 @@ async def test_a_dead_letters_failed_command_is_sealed(redis_client: Redis) -> N
     assert opened.reason == "upstream said 400"
 
 
+async def test_a_dead_letters_sealed_fields_and_a_pin_do_not_open_anywhere_else(redis_client: Redis) -> None:
+    # The associated data binds each sealed value to its delivery and field (a pin: to its
+    # idempotency key): copied elsewhere by whoever can write to Redis, it does not open there.
+    ring = keyring(new_key())
+    one = await _accepter(redis_client, ring).accept(_incoming(orjson.dumps(PAYLOAD)))
+    two = await _accepter(redis_client, ring).accept(_incoming(orjson.dumps(PAYLOAD)))
+    command = {"action": "create", "data": MARKERS}
+    await deliveries.dead_letter(
+        redis_client, one.delivery_id, "upstream said 400", command, 60, keyring=ring
+    )
+    raw = await redis_client.hgetall(keys.delivery(one.delivery_id))
+    await redis_client.hset(
+        keys.delivery(two.delivery_id),
+        mapping={"reason": raw[b"reason"], "failed_command": raw[b"failed_command"], "body": raw[b"headers"]},
+    )
+    moved = await deliveries.load(redis_client, two.delivery_id, keyring=ring)
+    assert moved is not None
+    assert moved.failed_command is None
+    assert moved.reason is not None
+    assert moved.reason.startswith("(sealed")
+    assert "altered" in moved.reason
+    assert moved.payload_error is not None
+    assert "altered" in moved.payload_error
+    sent = SentBodies(redis_client, ring, retention_s=60)
+    await sent.pin("idem-a", command)
+    await redis_client.set(keys.sent("idem-b"), await redis_client.get(keys.sent("idem-a")) or b"")
+    assert await sent.earlier_sent("idem-b") is None
+    assert await sent.earlier_sent("idem-a") == command
+
+
 # -- the whole pipeline ------------------------------------------------------------------------------
 
 
@@ -241,3 +274,85 @@ async def test_a_worker_without_the_key_dead_letters_with_the_reason_and_a_rotat
         assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
         await pipe.wait_status(delivery_id, "delivered")
         assert [e["data"]["email"] for e in await pipe.entries()] == [MARKERS["email"]]
+
+
+# -- pinned bodies sealed with a key the worker lacks --------------------------------------------
+
+
+def _worker_keys(pipe: Pipeline, ring: Keyring) -> None:
+    """Give the pipeline's worker other keys than its web (a rollout, or a rollback, in progress)."""
+    deliverer = pipe.runtime.deliverer
+    assert deliverer is not None
+    deliverer.keyring = ring
+    deliverer.sent = SentBodies(pipe.redis, ring, pipe.runtime.settings.retention_s)
+
+
+async def test_a_create_in_doubt_whose_pin_cannot_be_opened_is_not_made_a_second_lead(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A create is applied upstream, its answer lost, its delivery dead-lettered: its pinned body
+    # (sealed with the worker's newest key) is the record's create in doubt. The rotation is then
+    # rolled back: the worker lacks that key. The record's next event cannot read the pin to
+    # adopt the entry; taking "unreadable" for "nothing pinned" forgot the doubt and created a
+    # second lead. It must be dead-lettered with a reason naming the key, and go through (one
+    # lead) once the key is back and it is replayed.
+    old, new = new_key(), new_key()
+    async with _pipeline(
+        redis_url,
+        tmp_path,
+        {"simple.yaml": SIMPLE},
+        BRIDGE_RETRY_MAX_ATTEMPTS=1,
+        BRIDGE_ENCRYPTION_KEYS=old,
+    ) as pipe:
+        _worker_keys(pipe, keyring(new, old))
+        first = await _lost_create(pipe, 96)
+        assert await pipe.wait_status(first, "dead") == "dead"
+        _worker_keys(pipe, keyring(old))
+        second = await _send(pipe, "simple", {"id": 96, "email": "b@example.com"}, "dead", "delivered")
+        assert len(await pipe.entries()) == 1
+        record = await deliveries.load(pipe.redis, second, keyring=keyring(old))
+        assert record is not None
+        assert record.status == "dead"
+        assert record.reason is not None
+        assert f"sealed with key id {keyring(new).current_key_id}" in record.reason
+        assert new not in record.reason
+        assert old not in record.reason
+        _worker_keys(pipe, keyring(new, old))  # the key is back
+        assert await deliveries.enqueue_again(pipe.redis, second, 60)
+        await pipe.wait_status(second, "delivered")
+        await _one_lead(pipe, "b@example.com")
+
+
+async def test_a_retry_whose_pin_cannot_be_opened_keeps_it_and_goes_once_the_key_is_back(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A create is applied upstream and its answer lost; its body was pinned sealed with the
+    # worker's newest key. Before the retry the rotation is rolled back (the worker lacks that
+    # key) and the mapping reloaded (the body built now differs). Giving way to the new body
+    # sent it under the used key (422, dead-lettered) and overwrote the pin: once the key was
+    # back, a replay sent the new body again (422 again) and the entry was never linked (the
+    # record's next event: a second lead). The pin must be kept, the delivery dead-lettered with
+    # a reason naming the key, and its replay with the key back link the one entry.
+    old, new = new_key(), new_key()
+    async with _pipeline(
+        redis_url,
+        tmp_path,
+        {"simple.yaml": SIMPLE},
+        BRIDGE_RETRY_MAX_ATTEMPTS=3,
+        BRIDGE_ENCRYPTION_KEYS=old,
+    ) as pipe:
+        _worker_keys(pipe, keyring(new, old))
+        first = await _lost_create(pipe, 97)
+        _worker_keys(pipe, keyring(old))
+        _reload(pipe, tmp_path, SIMPLE.replace("    email: email\n", "    email: email\n    name: email\n"))
+        assert await pipe.wait_status(first, "dead", "delivered") == "dead"
+        record = await deliveries.load(pipe.redis, first, keyring=keyring(old))
+        assert record is not None
+        assert record.reason is not None
+        assert f"sealed with key id {keyring(new).current_key_id}" in record.reason
+        _worker_keys(pipe, keyring(new, old))  # the key is back
+        assert await deliveries.enqueue_again(pipe.redis, first, 60)
+        assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
+        await _send(pipe, "simple", {"id": 97, "email": "b@example.com"})
+        [entry] = await pipe.entries()  # one lead, patched by the record's next event
+        assert entry["data"] == {"email": "b@example.com", "name": "b@example.com"}

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.queue import keys
 from bridge.queue.crypto import Keyring
-from bridge.queue.sent import SentBodies, frees_key
+from bridge.queue.sent import PinUnreadable, SentBodies, frees_key
 
 FIRST = {"tableId": "t", "data": {"email": "first@example.com"}}
 SECOND = {"tableId": "t", "data": {"email": "second@example.com", "company": "Acme"}}
@@ -56,9 +56,22 @@ async def test_an_answer_that_frees_the_key_unpins_it(redis_client: Redis) -> No
     ]
 
 
-async def test_a_pin_sealed_with_a_key_no_longer_configured_gives_way(redis_client: Redis) -> None:
+async def test_a_pin_sealed_with_a_key_no_longer_configured_gives_way_only_after_its_request(
+    redis_client: Redis,
+) -> None:
     old = Keyring.parse(base64.b64encode(os.urandom(32)).decode())
     new = Keyring.parse(base64.b64encode(os.urandom(32)).decode())
     await SentBodies(redis_client, old, retention_s=60).pin("k4c", FIRST)
+    # Before a request goes, the pin is kept and the request refused (dead-lettered, replayed
+    # once the key is back): the body it holds may be the one the upstream applied.
+    newer = SentBodies(redis_client, new, retention_s=60)
+    with pytest.raises(PinUnreadable, match=f"sealed with key id {old.current_key_id}") as refused:
+        await newer.pin("k4c", SECOND, before_send=True)
+    assert not refused.value.retryable
+    with pytest.raises(PinUnreadable):
+        await newer.earlier_sent("k4c")
+    assert await newer.earlier("k4c") is None
+    assert await SentBodies(redis_client, old, retention_s=60).earlier("k4c") == FIRST
+    # After its request went, the body just sent replaces it.
     assert await SentBodies(redis_client, new, retention_s=60).pin("k4c", SECOND) == SECOND
     assert await SentBodies(redis_client, new, retention_s=60).pin("k4c", FIRST) == SECOND

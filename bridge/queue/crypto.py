@@ -1,10 +1,12 @@
-"""Encryption at rest of stored payloads (delivery body and headers, the DLQ's failed command).
+"""Encryption at rest of stored lead values (delivery body and headers, a dead letter's failed
+command, reason and history, pinned request bodies).
 
 Optional: with BRIDGE_ENCRYPTION_KEYS unset, values are stored in clear. The setting is a
 comma-separated list of base64 32-byte keys, newest first. New values are sealed with the first
 key; a stored value names its key by a short key id, so any key of the list opens it (rotation:
-put the new key first, keep the old one until everything sealed with it has expired, i.e. for
-BRIDGE_RETENTION_S).
+put the new key first, keep the old one until everything sealed with it has expired: 2 x
+BRIDGE_RETENTION_S, since a delivery may be retried or held that long and a dead letter is kept
+that long from its death; docs/security.md).
 
     sealed = MAGIC + key id (4 bytes) + nonce (12 bytes) + AES-256-GCM(plaintext) + tag (16 bytes)
 
@@ -16,7 +18,8 @@ list positions, never key material.
     Keyring.from_settings(s)       the keyring of BRIDGE_ENCRYPTION_KEYS (empty when unset)
     Keyring.parse(text)            ConfigError on a malformed list (names the position, not the key)
     keyring.seal(plain, aad)       -> sealed bytes (keyring must be non-empty)
-    keyring.open(sealed, aad)      -> plain bytes, or DecryptError (unknown key id, tampered value)
+    keyring.open(sealed, aad)      -> plain bytes, or DecryptError (KeyNotConfigured: unknown key
+                                      id; or a tampered value)
     is_sealed(value)               does a stored value carry the sealed format's prefix?
 """
 
@@ -48,6 +51,11 @@ KEY_ID_LABEL = b"leadbridge key id v1"
 
 class DecryptError(BridgeError):
     """A stored value cannot be opened: its key is not configured, or it was altered."""
+
+
+class KeyNotConfigured(DecryptError):
+    """The value names a key that is not in the keyring: unlike an altered value, it opens again
+    once the key is put back, so a caller must not take it for a value that is not there."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class Keyring:
         candidates = [k for k in self._keys if hmac.compare_digest(k.key_id, wanted)]
         if not candidates:
             configured = ", ".join(self.key_ids) or "none"
-            raise DecryptError(
+            raise KeyNotConfigured(
                 f"stored value was sealed with key id {wanted.hex()}, which is not in {SETTING} "
                 f"(configured key ids: {configured})"
             )
