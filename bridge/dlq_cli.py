@@ -6,7 +6,7 @@ the delivery again with its current mappings, keeps its idempotency keys (a comm
 reached the upstream is not sent again) and removes it from the DLQ once delivered.
 
 Exit status: 0 done; 1 an id that is not in the DLQ (replayed, purged, expired or never there),
-or the queue cannot be reached.
+one whose replay is running (replay, purge) or queued (purge), or the queue cannot be reached.
 """
 
 from __future__ import annotations
@@ -54,7 +54,20 @@ async def _run(args: argparse.Namespace, settings: Settings, redis: Redis) -> in
         record = await deliveries.load(redis, delivery_id, keyring=keyring)
         here = record is not None and await deliveries.in_dlq(redis, delivery_id)
         if here and command == "replay":  # in the DLQ still: checked again, atomically
-            here = await deliveries.enqueue_again(redis, delivery_id, settings.retention_s)
+            queued = await deliveries.enqueue_again(redis, delivery_id, settings.retention_s)
+            if queued == deliveries.REPLAYING:
+                # Not "queued": a run under way goes with the mapping it started with, and if it
+                # dies it takes the job out of the queue (see `deliveries.enqueue_again`).
+                why = (
+                    "is being replayed right now (a run of it is under way, with the mapping it "
+                    "started with); if it dies again, replay it again"
+                )
+                if not everything:
+                    print(f"leadbridge: {delivery_id} {why}", file=sys.stderr)
+                    return 1
+                print(f"{delivery_id}: {why}; skipped")
+                continue
+            here = queued == deliveries.QUEUED
         if record is None or not here:
             if not everything:
                 return _not_in_dlq(delivery_id)

@@ -3,6 +3,7 @@ running worker), the /admin routes, replay of a fixed mapping, replay twice, ret
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -481,3 +482,57 @@ async def test_a_delivery_whose_mapping_never_comes_is_dead_lettered_after_the_w
         assert record.reason is not None
         assert record.reason.endswith("no mapping named 'contact' is loaded"), record.reason
         assert record.attempts >= 1
+
+
+async def test_a_replay_asked_for_while_a_run_of_it_is_under_way_is_refused_not_dropped(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator replays with the mapping still broken, fixes it, and replays again while the
+    # first replay's run (planned with the broken mapping) is under way. That run dies: a second
+    # replay answered "queued" would be dropped with it (the job ends dead and leaves the queue),
+    # reported done but never run. It is refused instead, saying why, and works once it is dead.
+    mappings = tmp_path / "m"
+    running, release = asyncio.Event(), asyncio.Event()
+    plan = Deliverer._plan
+
+    async def held(self: Deliverer, record: Any, mapping: Any) -> Any:
+        if record.replayed_at is not None and not running.is_set():
+            running.set()
+            await release.wait()
+        return await plan(self, record, mapping)
+
+    monkeypatch.setattr(Deliverer, "_plan", held)
+    async with pipeline(
+        redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}, BRIDGE_ADMIN_TOKEN="admin-tok"
+    ) as pipe:
+        delivery_id = await _post(pipe, "signup", {"data": {"email": "u@example.com", "phone": "+4930"}})
+        await _dead(pipe, delivery_id)
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 600) == deliveries.QUEUED
+        await until(running.is_set)  # the replay runs, with the broken mapping
+        (mappings / "signup.yaml").write_text(FIXED_SIGNUP)
+        assert pipe.runtime.mappings.reload()
+
+        code, out, err = await leadbridge("dlq", "replay", delivery_id, environ=_cli_env(redis_url))
+        assert (code, out) == (1, ""), (code, out)
+        assert f"{delivery_id} is being replayed" in err, err
+        code, out, _ = await leadbridge("dlq", "replay", "--all", environ=_cli_env(redis_url))
+        assert code == 0
+        assert f"{delivery_id}: is being replayed" in out, out
+        assert "0 deliveries queued for replay" in out, out
+        auth = {"authorization": "Bearer admin-tok"}
+        answer = await pipe.http.post(f"{pipe.url}/admin/dlq/{delivery_id}/replay", headers=auth)
+        assert answer.status_code == 409, answer.text
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 600) == deliveries.REPLAYING
+
+        release.set()
+        await pipe.wait_status(delivery_id, "dead")
+
+        async def job_ended() -> bool:
+            return not await pipe.redis.exists(arq_adapter.in_progress_key(delivery_id))
+
+        await until(job_ended)
+        assert await deliveries.in_dlq(pipe.redis, delivery_id)
+        # Dead again: now the replay is taken, and runs with the fixed mapping.
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 600) == deliveries.QUEUED
+        await pipe.wait_status(delivery_id, "delivered")
+        assert [e["data"]["email"] for e in await pipe.entries()] == ["u@example.com"]

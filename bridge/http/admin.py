@@ -66,7 +66,11 @@ async def show_dlq(request: Request) -> Response:
 
 async def replay_dlq(request: Request) -> Response:
     runtime, record = await _dead_record(request)
-    if not await deliveries.enqueue_again(runtime.redis, record.id, runtime.settings.retention_s):
+    outcome = await deliveries.enqueue_again(runtime.redis, record.id, runtime.settings.retention_s)
+    if outcome == deliveries.REPLAYING:
+        # A run of an earlier replay is under way: a replay now could not be kept if it dies.
+        return JSONResponse({"status": "error", "error": "being replayed"}, status_code=409)
+    if outcome != deliveries.QUEUED:
         raise NotFound()  # delivered (or purged) by the time we got here
     return JSONResponse({"status": "queued", "delivery_id": record.id}, status_code=202)
 

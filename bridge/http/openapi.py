@@ -323,7 +323,10 @@ def _paths() -> dict[str, dict[str, Any]]:
             "post": _admin(
                 "replayDeadLetter",
                 "Map a dead-lettered delivery again with the current mappings (same idempotency keys)",
-                {"202": _json("queued again; it leaves the DLQ once delivered", Queued)},
+                {
+                    "202": _json("queued again; it leaves the DLQ once delivered", Queued),
+                    "409": _error("a run of an earlier replay is under way; replay again if it dies"),
+                },
                 by_id=True,
             )
         },

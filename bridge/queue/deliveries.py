@@ -320,10 +320,20 @@ async def dlq_size(redis: Redis, retention_s: int | None = None) -> int:
     return int(await redis.zcard(keys.DLQ))
 
 
+QUEUED, NOT_IN_DLQ, REPLAYING = 1, 0, -1  # what a replay (and, but QUEUED, a purge) answers
+
+# Replay a dead letter, atomically: only while it is in the DLQ, and not while a run of it is under
+# way (its job's claim is held) unless that run has already dead-lettered it (the instant before
+# the job's end: the job then leaves the replay's place in the queue, see arq_adapter
+# DONE_SCRIPT). A run under way was planned with the mapping it started with; if it dies, it takes
+# the job out of the queue, and a replay asked for meanwhile would go with it, reported queued but
+# never run: refused instead. KEYS: DLQ, delivery hash, arq queue, done hash, the job's claim.
+# ARGV: the id, retention s, now ms, the unplanned-set prefix. Returns QUEUED, NOT_IN_DLQ, REPLAYING.
 REPLAY_SCRIPT = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq')
+local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq', 'status')
 if not found[1] then return 0 end
+if found[3] ~= 'dead' and redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]', 'replayed_at', ARGV[3],
   'held_s', 0, 'unfinished', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -358,17 +368,26 @@ async def hold(redis: Redis, delivery_id: str, seconds: float) -> None:
     await redis.register_script(HOLD_SCRIPT)(keys=[keys.delivery(delivery_id)], args=[seconds])
 
 
-async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> bool:
+async def enqueue_again(redis: Redis, delivery_id: str, retention_s: int) -> int:
     """Replay a dead-lettered delivery: put it back on the queue under its own id, so it keeps its
     idempotency keys, its arrival order (`seq`) and the record of commands already applied.
-    False (and nothing done) when it is not in the DLQ, checked in the same atomic step: a replay
-    racing the delivery of an earlier replay is either absorbed by it or refused, never lost."""
+    QUEUED; NOT_IN_DLQ (and nothing done) when it is not in the DLQ, checked in the same atomic
+    step: a replay racing the delivery of an earlier replay is either absorbed by it (still
+    queued) or refused, never lost; REPLAYING (nothing done) while a run of an earlier replay is
+    under way: that run goes with the mapping it started with, and if it dies the replay must be
+    asked for again (see REPLAY_SCRIPT)."""
     now_ms = int(time.time() * 1000)
-    done = await redis.register_script(REPLAY_SCRIPT)(
-        keys=[keys.DLQ, keys.delivery(delivery_id), arq_adapter.QUEUE_KEY, keys.done(delivery_id)],
+    outcome = await redis.register_script(REPLAY_SCRIPT)(
+        keys=[
+            keys.DLQ,
+            keys.delivery(delivery_id),
+            arq_adapter.QUEUE_KEY,
+            keys.done(delivery_id),
+            arq_adapter.in_progress_key(delivery_id),
+        ],
         args=[delivery_id, retention_s, now_ms, ordering.UNPLANNED],
     )
-    return bool(done)
+    return int(outcome)
 
 
 # Purge a dead letter, atomically: only while it is in the DLQ and dead. A replayed delivery stays
@@ -385,7 +404,7 @@ redis.call('DEL', KEYS[2], KEYS[3])
 return 1
 """
 
-PURGED, NOT_IN_DLQ, REPLAYING = 1, 0, -1
+PURGED = 1
 
 
 async def purge(redis: Redis, delivery_id: str) -> int:
