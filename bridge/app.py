@@ -7,6 +7,8 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -14,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from bridge.errors import InboundError
 from bridge.http import admin, health, hooks, openapi
-from bridge.http.responses import inbound_error_handler, not_found_handler
+from bridge.http.responses import inbound_error_handler, not_found_handler, queue_error_handler
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 
@@ -85,7 +87,12 @@ def create_app(
     app = BridgeApp(
         routes=routes(),
         lifespan=lifespan,
-        exception_handlers={InboundError: inbound_error_handler, HTTPException: not_found_handler},
+        exception_handlers={
+            InboundError: inbound_error_handler,
+            HTTPException: not_found_handler,
+            RedisConnectionError: queue_error_handler,
+            RedisTimeoutError: queue_error_handler,
+        },
     )
     if runtime is not None:
         app.state.runtime = runtime

@@ -111,10 +111,13 @@ def _not_in_dlq(delivery_id: str) -> int:
 
 
 async def _list(redis: Redis, keyring: Keyring) -> int:
-    ids = await deliveries.dlq_ids(redis)
+    ids = await deliveries.dlq_ids(redis, limit=deliveries.LISTED)
     if not ids:
         print("the dead-letter queue is empty")
         return 0
+    total = await deliveries.dlq_size(redis)
+    if total > len(ids):
+        print(f"the oldest {len(ids)} of {total} dead letters (`dlq replay --all` takes them all):")
     print(f"{'ID':<34} {'MAPPING':<24} {'DIED (UTC)':<20} {'TRIES':>5}  REASON")
     for delivery_id in ids:
         record = await deliveries.load(redis, delivery_id, keyring=keyring)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from bridge import dlq_cli
 from bridge.queue import arq_adapter, deliveries, keys
 from bridge.sandbox import DEMO_TABLE_ID
 from bridge.worker import Deliverer
@@ -328,7 +329,10 @@ async def test_dlq_size_gauge_drops_entries_past_retention(redis_client: Redis) 
     assert await deliveries.dlq_size(redis_client, retention_s=60) == 1
 
 
-async def test_admin_routes(redis_url: str, tmp_path: Path) -> None:
+async def test_admin_routes(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(deliveries, "LISTED", 1)  # a listing shows the oldest LISTED of them
     mappings = tmp_path / "m"
     async with pipeline(
         redis_url, mappings, mapping_files={"signup.yaml": BROKEN_SIGNUP}, BRIDGE_ADMIN_TOKEN="admin-tok"
@@ -345,8 +349,13 @@ async def test_admin_routes(redis_url: str, tmp_path: Path) -> None:
             await http.get(f"{base}/admin/dlq", headers={"authorization": "Bearer nope"})
         ).status_code == 401
         listing = (await http.get(f"{base}/admin/dlq", headers=auth)).json()
-        assert listing["count"] == 2
-        assert sorted(i["id"] for i in listing["items"]) == sorted([first, second])
+        assert (listing["count"], listing["total"]) == (1, 2)
+        assert [i["id"] for i in listing["items"]] == [first]
+        await dlq_cli._list(pipe.redis, pipe.runtime.keyring)
+        shown_by_cli = capsys.readouterr().out
+        assert "the oldest 1 of 2 dead letters" in shown_by_cli
+        assert first in shown_by_cli
+        assert second not in shown_by_cli
         shown = await http.get(f"{base}/admin/dlq/{first}", headers=auth)
         assert shown.status_code == 200
         assert shown.json()["reason"].startswith("mapping error")

@@ -184,7 +184,7 @@ async def test_admin_routes_answer_with_the_right_token(redis_url: str, tmp_path
         right = {"authorization": f"Bearer {ADMIN_TOKEN}"}
         listing = await pipe.http.get(f"{pipe.url}/admin/dlq", headers=right)
         assert listing.status_code == 200
-        assert listing.json() == {"count": 0, "items": []}
+        assert listing.json() == {"count": 0, "total": 0, "items": []}
         delivery_id = (await pipe.send_signed({"type": "t", "data": {"email": "a@example.com"}})).json()[
             "delivery_id"
         ]

@@ -94,7 +94,9 @@ async def test_logs_carry_ids_and_no_lead_values_or_secrets(
 async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
     server = EmbeddedValkey(tmp_path / "own").start()
     try:
-        async with pipeline(server.url, tmp_path / "mappings", worker=False) as pipe:
+        async with pipeline(
+            server.url, tmp_path / "mappings", worker=False, BRIDGE_ADMIN_TOKEN="admin-tok"
+        ) as pipe:
             assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
             server.stop()
 
@@ -106,6 +108,12 @@ async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
             refused = await pipe.post("contact", raw, sign(raw))
             assert refused.status_code == 503
             assert refused.headers["retry-after"]
+            # The admin routes too: the queue is unavailable, not a server error.
+            token = {"authorization": "Bearer admin-tok"}
+            admin = await pipe.http.get(f"{pipe.url}/admin/dlq", headers=token)
+            assert admin.status_code == 503
+            assert admin.json() == {"status": "error", "error": "queue unavailable; retry later"}
+            assert admin.headers["retry-after"]
             assert (await pipe.http.get(f"{pipe.url}/healthz")).status_code == 200
             server.start()
 

@@ -1,9 +1,11 @@
 """Bearer-protected JSON admin routes: the dead-letter queue and delivery state.
 
 Without BRIDGE_ADMIN_TOKEN every admin route answers 404 (as if it did not exist); with it, a
-missing or wrong token is a 401. The token is compared in constant time. Records are opened with
-the process's keyring (encryption at rest), so a dead letter's failed command is shown; the raw
-payload never is.
+missing or wrong token is a 401. The token is compared in constant time. A queue that cannot be
+reached is a 503 with Retry-After (`bridge.http.responses.queue_error_handler`), as for a
+webhook. Records are opened with the process's keyring (encryption at rest), so a dead letter's
+failed command is shown; the raw payload never is. A listing shows the oldest
+`deliveries.LISTED` dead letters; its `total` counts them all.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ def _authorized(request: Request) -> Runtime:
 
 async def list_dlq(request: Request) -> Response:
     runtime = _authorized(request)
-    ids = await deliveries.dlq_ids(runtime.redis)
+    ids = await deliveries.dlq_ids(runtime.redis, limit=deliveries.LISTED)
     items = []
     for delivery_id in ids:
         record = await deliveries.load(runtime.redis, delivery_id, keyring=runtime.keyring)
         if record is not None:
             items.append(record.model_dump(mode="json", exclude={"history"}))
-    return JSONResponse({"count": len(items), "items": items})
+    total = await deliveries.dlq_size(runtime.redis)
+    return JSONResponse({"count": len(items), "total": max(total, len(items)), "items": items})
 
 
 async def _dead_record(request: Request) -> tuple[Runtime, deliveries.DeliveryRecord]:

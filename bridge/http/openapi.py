@@ -52,7 +52,8 @@ class Readiness(BaseModel):
 
 
 class DeadLetters(BaseModel):
-    count: int
+    count: int = Field(description="deliveries listed here: the oldest, at most 1,000")
+    total: int = Field(description="deliveries in the dead-letter queue")
     items: list[DeliveryRecord] = Field(description="dead-lettered deliveries, oldest first, without history")
 
 
@@ -131,6 +132,7 @@ ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 ADMIN_ERRORS = {
     "401": _error("the bearer token is missing or wrong"),
     "404": _error("no BRIDGE_ADMIN_TOKEN is set (admin routes are off), or no such delivery"),
+    "503": _error("the queue is unreachable; retry later", RETRY_AFTER),
 }
 NO_MAPPING = _error("no mapping of that name")
 NOT_ALLOWED = _error("the mapping's provider takes no request with this method")
@@ -234,7 +236,7 @@ def _admin(operation_id: str, summary: str, answers: dict[str, Any], by_id: bool
         "summary": summary,
         "tags": ["admin"],
         "security": ADMIN_SECURITY,
-        "responses": {**answers, **ADMIN_ERRORS},
+        "responses": {**answers, **copy.deepcopy(ADMIN_ERRORS)},  # `_server_answers` extends them
     }
     if by_id:
         operation["parameters"] = [DELIVERY_ID]

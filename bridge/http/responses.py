@@ -32,6 +32,12 @@ async def inbound_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def queue_error_handler(request: Request, exc: Exception) -> Response:
+    """Redis unreachable or too slow under a route (the admin routes): the queue is unavailable,
+    not a server error. (Another Redis error, a refused command, is a bug: a 500 still.)"""
+    return error_response(QueueUnavailable())
+
+
 async def not_found_handler(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     reason = {404: "not found", 405: "method not allowed"}.get(status, "error")

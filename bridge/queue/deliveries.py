@@ -291,7 +291,10 @@ async def dead_letter(
         await pipe.execute()
 
 
-async def dlq_ids(redis: Redis, limit: int | None = 1000) -> list[str]:
+LISTED = 1000  # dead letters a listing shows (the oldest): `dlq list`, GET /admin/dlq
+
+
+async def dlq_ids(redis: Redis, limit: int | None = None) -> list[str]:
     """Dead-lettered ids, oldest first (at most `limit`; None: all); ids whose record has
     expired are dropped on the way."""
     raw = await redis.zrange(keys.DLQ, 0, -1 if limit is None else limit - 1)
