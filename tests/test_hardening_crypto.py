@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -287,6 +289,37 @@ def _worker_keys(pipe: Pipeline, ring: Keyring) -> None:
     deliverer.sent = SentBodies(pipe.redis, ring, pipe.runtime.settings.retention_s)
 
 
+async def _dead_for_want_of(pipe: Pipeline, delivery_id: str, missing: str, present: str) -> None:
+    """The delivery is dead-lettered for a pin sealed with `missing`: its reason names that
+    key's id, and no key itself."""
+    record = await deliveries.load(pipe.redis, delivery_id, keyring=keyring(present))
+    assert record is not None
+    assert record.status == "dead"
+    assert record.reason is not None
+    assert f"sealed with key id {keyring(missing).current_key_id}" in record.reason
+    assert missing not in record.reason
+    assert present not in record.reason
+
+
+@asynccontextmanager
+async def _create_lost_by_a_newer_key(
+    redis_url: str, tmp_path: Path, record_id: int, *, attempts: int
+) -> AsyncIterator[tuple[Pipeline, str, str, str]]:
+    """A pipeline whose web seals with `old` and whose worker with `new` first (a rotation under
+    way), and the delivery `first` of a create for `record_id` applied upstream with its answer
+    lost (its body pinned, sealed with `new`): (pipe, first, old, new)."""
+    old, new = new_key(), new_key()
+    async with _pipeline(
+        redis_url,
+        tmp_path,
+        {"simple.yaml": SIMPLE},
+        BRIDGE_RETRY_MAX_ATTEMPTS=attempts,
+        BRIDGE_ENCRYPTION_KEYS=old,
+    ) as pipe:
+        _worker_keys(pipe, keyring(new, old))
+        yield pipe, await _lost_create(pipe, record_id), old, new
+
+
 async def test_a_create_in_doubt_whose_pin_cannot_be_opened_is_not_made_a_second_lead(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -296,27 +329,12 @@ async def test_a_create_in_doubt_whose_pin_cannot_be_opened_is_not_made_a_second
     # adopt the entry; taking "unreadable" for "nothing pinned" forgot the doubt and created a
     # second lead. It must be dead-lettered with a reason naming the key, and go through (one
     # lead) once the key is back and it is replayed.
-    old, new = new_key(), new_key()
-    async with _pipeline(
-        redis_url,
-        tmp_path,
-        {"simple.yaml": SIMPLE},
-        BRIDGE_RETRY_MAX_ATTEMPTS=1,
-        BRIDGE_ENCRYPTION_KEYS=old,
-    ) as pipe:
-        _worker_keys(pipe, keyring(new, old))
-        first = await _lost_create(pipe, 96)
+    async with _create_lost_by_a_newer_key(redis_url, tmp_path, 96, attempts=1) as (pipe, first, old, new):
         assert await pipe.wait_status(first, "dead") == "dead"
         _worker_keys(pipe, keyring(old))
         second = await _send(pipe, "simple", {"id": 96, "email": "b@example.com"}, "dead", "delivered")
         assert len(await pipe.entries()) == 1
-        record = await deliveries.load(pipe.redis, second, keyring=keyring(old))
-        assert record is not None
-        assert record.status == "dead"
-        assert record.reason is not None
-        assert f"sealed with key id {keyring(new).current_key_id}" in record.reason
-        assert new not in record.reason
-        assert old not in record.reason
+        await _dead_for_want_of(pipe, second, new, old)
         _worker_keys(pipe, keyring(new, old))  # the key is back
         assert await deliveries.enqueue_again(pipe.redis, second, 60)
         await pipe.wait_status(second, "delivered")
@@ -333,23 +351,11 @@ async def test_a_retry_whose_pin_cannot_be_opened_keeps_it_and_goes_once_the_key
     # back, a replay sent the new body again (422 again) and the entry was never linked (the
     # record's next event: a second lead). The pin must be kept, the delivery dead-lettered with
     # a reason naming the key, and its replay with the key back link the one entry.
-    old, new = new_key(), new_key()
-    async with _pipeline(
-        redis_url,
-        tmp_path,
-        {"simple.yaml": SIMPLE},
-        BRIDGE_RETRY_MAX_ATTEMPTS=3,
-        BRIDGE_ENCRYPTION_KEYS=old,
-    ) as pipe:
-        _worker_keys(pipe, keyring(new, old))
-        first = await _lost_create(pipe, 97)
+    async with _create_lost_by_a_newer_key(redis_url, tmp_path, 97, attempts=3) as (pipe, first, old, new):
         _worker_keys(pipe, keyring(old))
         _reload(pipe, tmp_path, SIMPLE.replace("    email: email\n", "    email: email\n    name: email\n"))
         assert await pipe.wait_status(first, "dead", "delivered") == "dead"
-        record = await deliveries.load(pipe.redis, first, keyring=keyring(old))
-        assert record is not None
-        assert record.reason is not None
-        assert f"sealed with key id {keyring(new).current_key_id}" in record.reason
+        await _dead_for_want_of(pipe, first, new, old)
         _worker_keys(pipe, keyring(new, old))  # the key is back
         assert await deliveries.enqueue_again(pipe.redis, first, 60)
         assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
