@@ -8,6 +8,8 @@ import os
 from collections.abc import AsyncIterator, Mapping
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -90,8 +92,12 @@ def create_app(
         exception_handlers={
             InboundError: inbound_error_handler,
             HTTPException: not_found_handler,
-            RedisConnectionError: queue_error_handler,
+            RedisConnectionError: queue_error_handler,  # and BusyLoadingError (a restart's load)
             RedisTimeoutError: queue_error_handler,
+            # The queue answers but takes no write: a replica after a failover (READONLY), or at
+            # its maxmemory (OOM). A webhook is a 503 then, and so is a replay.
+            RedisReadOnlyError: queue_error_handler,
+            RedisOutOfMemoryError: queue_error_handler,
         },
     )
     if runtime is not None:

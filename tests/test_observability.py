@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from bridge.logs import JSONFormatter
+from bridge.queue import deliveries
 from bridge.queue.embedded import EmbeddedValkey
 from tests.pipeline import Pipeline, pipeline, sign
 from tests.servers import until
@@ -123,5 +124,42 @@ async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
             await until(ready, timeout_s=15)
             again = await pipe.post("contact", raw, sign(raw))
             assert again.status_code == 202
+    finally:
+        server.stop()
+
+
+async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: Path) -> None:
+    # The queue answers, but takes no write: a replica after a failover whose clients still talk
+    # to it (READONLY), or one at its maxmemory (OOM). A webhook is a 503 then (not stored; the
+    # provider retries), and so must a replay or a purge be: the queue is unavailable, not the
+    # bridge broken (a text/plain 500 that the OpenAPI document does not describe).
+    server = EmbeddedValkey(tmp_path / "own").start()
+    try:
+        async with pipeline(
+            server.url, tmp_path / "mappings", worker=False, BRIDGE_ADMIN_TOKEN="admin-tok"
+        ) as pipe:
+            raw = orjson.dumps({"data": {"email": "ro@example.com"}})
+            delivery_id = (await pipe.post("contact", raw, sign(raw))).json()["delivery_id"]
+            await deliveries.dead_letter(pipe.redis, delivery_id, "upstream said 400", None, 600)
+            token = {"authorization": "Bearer admin-tok"}
+            replay = f"{pipe.url}/admin/dlq/{delivery_id}/replay"
+            purge = f"{pipe.url}/admin/dlq/{delivery_id}"
+            for refuse, undo, methods in (
+                (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE"), ("POST", "DELETE")),
+                # (a purge only deletes: Valkey takes it at maxmemory)
+                (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0"), ("POST",)),
+            ):
+                await pipe.redis.execute_command(*refuse)
+                try:
+                    assert (await pipe.post("contact", raw, sign(raw))).status_code == 503
+                    for method in methods:
+                        url = replay if method == "POST" else purge
+                        answer = await pipe.http.request(method, url, headers=token)
+                        assert answer.status_code == 503, (refuse, answer.text)
+                        assert answer.json() == {"status": "error", "error": "queue unavailable; retry later"}
+                        assert answer.headers["retry-after"]
+                finally:
+                    await pipe.redis.execute_command(*undo)
+            assert (await pipe.http.post(replay, headers=token)).status_code == 202
     finally:
         server.stop()

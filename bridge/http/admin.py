@@ -2,9 +2,10 @@
 
 Without BRIDGE_ADMIN_TOKEN every admin route answers 404 (as if it did not exist); with it, a
 missing or wrong token is a 401. The token is compared in constant time. A queue that cannot be
-reached is a 503 with Retry-After (`bridge.http.responses.queue_error_handler`), as for a
-webhook. Records are opened with the process's keyring (encryption at rest), so a dead letter's
-failed command is shown; the raw payload never is. A listing shows the oldest
+reached, or that takes no write (a replica after a failover, maxmemory), is a 503 with
+Retry-After (`bridge.http.responses.queue_error_handler`), as for a webhook. Records are opened
+with the process's keyring (encryption at rest), so a dead letter's failed command is shown; the
+raw payload never is. A listing shows the oldest
 `deliveries.LISTED` dead letters; its `total` counts them all.
 """
 

@@ -132,7 +132,9 @@ ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 ADMIN_ERRORS = {
     "401": _error("the bearer token is missing or wrong"),
     "404": _error("no BRIDGE_ADMIN_TOKEN is set (admin routes are off), or no such delivery"),
-    "503": _error("the queue is unreachable; retry later", RETRY_AFTER),
+    "503": _error(
+        "the queue is unreachable, or takes no write (a failover, its maxmemory); retry later", RETRY_AFTER
+    ),
 }
 NO_MAPPING = _error("no mapping of that name")
 NOT_ALLOWED = _error("the mapping's provider takes no request with this method")

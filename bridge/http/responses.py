@@ -33,8 +33,9 @@ async def inbound_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def queue_error_handler(request: Request, exc: Exception) -> Response:
-    """Redis unreachable or too slow under a route (the admin routes): the queue is unavailable,
-    not a server error. (Another Redis error, a refused command, is a bug: a 500 still.)"""
+    """Redis unreachable or too slow under a route (the admin routes), or taking no write (a
+    replica after a failover, a server at its maxmemory): the queue is unavailable, not a server
+    error. (Another Redis error, a refused command, is a bug: a 500 still.)"""
     return error_response(QueueUnavailable())
 
 

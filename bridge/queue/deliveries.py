@@ -325,18 +325,24 @@ async def dlq_size(redis: Redis, retention_s: int | None = None) -> int:
 
 QUEUED, NOT_IN_DLQ, REPLAYING = 1, 0, -1  # what a replay (and, but QUEUED, a purge) answers
 
-# Replay a dead letter, atomically: only while it is in the DLQ, and not while a run of it is under
-# way (its job's claim is held) unless that run has already dead-lettered it (the instant before
-# the job's end: the job then leaves the replay's place in the queue, see arq_adapter
-# DONE_SCRIPT). A run under way was planned with the mapping it started with; if it dies, it takes
-# the job out of the queue, and a replay asked for meanwhile would go with it, reported queued but
-# never run: refused instead. KEYS: DLQ, delivery hash, arq queue, done hash, the job's claim.
-# ARGV: the id, retention s, now ms, the unplanned-set prefix. Returns QUEUED, NOT_IN_DLQ, REPLAYING.
+# Replay a dead letter, atomically: only while it is in the DLQ, and not while a run of an earlier
+# replay is under way (its job's claim is held) unless that run has already dead-lettered it (the
+# instant before the job's end: the job then leaves the replay's place in the queue, see
+# arq_adapter DONE_SCRIPT). A run under way was planned with the mapping it started with; if it
+# dies, it takes the job out of the queue, and a replay asked for meanwhile would go with it,
+# reported queued but never run: refused instead. A claim is a replay's run only if it was taken
+# since that replay (the claim counts the run in UNFINISHED, which a replay sets to 0): the claim
+# of the run that dead-lettered the delivery, not released yet when an earlier replay of the same
+# instant set the status back to queued, is no run of a replay, and the replay is absorbed by the
+# queued one. KEYS: DLQ, delivery hash, arq queue, done hash, the job's claim. ARGV: the id,
+# retention s, now ms, the unplanned-set prefix. Returns QUEUED, NOT_IN_DLQ, REPLAYING.
 REPLAY_SCRIPT = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq', 'status')
+local found = redis.call('HMGET', KEYS[2], 'mapping', 'seq', 'status', 'unfinished')
 if not found[1] then return 0 end
-if found[3] ~= 'dead' and redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
+if found[3] ~= 'dead' and tonumber(found[4] or '0') > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+  return -1
+end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'history', '[]', 'replayed_at', ARGV[3],
   'held_s', 0, 'unfinished', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
