@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -92,40 +94,48 @@ async def test_logs_carry_ids_and_no_lead_values_or_secrets(
     assert "duration_ms" in accepted[0]
 
 
-async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
+@asynccontextmanager
+async def _own_queue(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedValkey, Pipeline]]:
+    """A pipeline (no worker, admin token `admin-tok`) on a Valkey of its own, which the test may
+    stop or reconfigure."""
     server = EmbeddedValkey(tmp_path / "own").start()
     try:
         async with pipeline(
             server.url, tmp_path / "mappings", worker=False, BRIDGE_ADMIN_TOKEN="admin-tok"
         ) as pipe:
-            assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
-            server.stop()
-
-            async def not_ready() -> bool:
-                return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 503
-
-            await until(not_ready, timeout_s=15)
-            raw = orjson.dumps({"data": {"email": "x@example.com"}})
-            refused = await pipe.post("contact", raw, sign(raw))
-            assert refused.status_code == 503
-            assert refused.headers["retry-after"]
-            # The admin routes too: the queue is unavailable, not a server error.
-            token = {"authorization": "Bearer admin-tok"}
-            admin = await pipe.http.get(f"{pipe.url}/admin/dlq", headers=token)
-            assert admin.status_code == 503
-            assert admin.json() == {"status": "error", "error": "queue unavailable; retry later"}
-            assert admin.headers["retry-after"]
-            assert (await pipe.http.get(f"{pipe.url}/healthz")).status_code == 200
-            server.start()
-
-            async def ready() -> bool:
-                return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
-
-            await until(ready, timeout_s=15)
-            again = await pipe.post("contact", raw, sign(raw))
-            assert again.status_code == 202
+            yield server, pipe
     finally:
         server.stop()
+
+
+async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
+    async with _own_queue(tmp_path) as (server, pipe):
+        assert (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+        server.stop()
+
+        async def not_ready() -> bool:
+            return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 503
+
+        await until(not_ready, timeout_s=15)
+        raw = orjson.dumps({"data": {"email": "x@example.com"}})
+        refused = await pipe.post("contact", raw, sign(raw))
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        # The admin routes too: the queue is unavailable, not a server error.
+        token = {"authorization": "Bearer admin-tok"}
+        admin = await pipe.http.get(f"{pipe.url}/admin/dlq", headers=token)
+        assert admin.status_code == 503
+        assert admin.json() == {"status": "error", "error": "queue unavailable; retry later"}
+        assert admin.headers["retry-after"]
+        assert (await pipe.http.get(f"{pipe.url}/healthz")).status_code == 200
+        server.start()
+
+        async def ready() -> bool:
+            return (await pipe.http.get(f"{pipe.url}/readyz")).status_code == 200
+
+        await until(ready, timeout_s=15)
+        again = await pipe.post("contact", raw, sign(raw))
+        assert again.status_code == 202
 
 
 async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: Path) -> None:
@@ -133,33 +143,27 @@ async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: P
     # to it (READONLY), or one at its maxmemory (OOM). A webhook is a 503 then (not stored; the
     # provider retries), and so must a replay or a purge be: the queue is unavailable, not the
     # bridge broken (a text/plain 500 that the OpenAPI document does not describe).
-    server = EmbeddedValkey(tmp_path / "own").start()
-    try:
-        async with pipeline(
-            server.url, tmp_path / "mappings", worker=False, BRIDGE_ADMIN_TOKEN="admin-tok"
-        ) as pipe:
-            raw = orjson.dumps({"data": {"email": "ro@example.com"}})
-            delivery_id = (await pipe.post("contact", raw, sign(raw))).json()["delivery_id"]
-            await deliveries.dead_letter(pipe.redis, delivery_id, "upstream said 400", None, 600)
-            token = {"authorization": "Bearer admin-tok"}
-            replay = f"{pipe.url}/admin/dlq/{delivery_id}/replay"
-            purge = f"{pipe.url}/admin/dlq/{delivery_id}"
-            for refuse, undo, methods in (
-                (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE"), ("POST", "DELETE")),
-                # (a purge only deletes: Valkey takes it at maxmemory)
-                (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0"), ("POST",)),
-            ):
-                await pipe.redis.execute_command(*refuse)
-                try:
-                    assert (await pipe.post("contact", raw, sign(raw))).status_code == 503
-                    for method in methods:
-                        url = replay if method == "POST" else purge
-                        answer = await pipe.http.request(method, url, headers=token)
-                        assert answer.status_code == 503, (refuse, answer.text)
-                        assert answer.json() == {"status": "error", "error": "queue unavailable; retry later"}
-                        assert answer.headers["retry-after"]
-                finally:
-                    await pipe.redis.execute_command(*undo)
-            assert (await pipe.http.post(replay, headers=token)).status_code == 202
-    finally:
-        server.stop()
+    async with _own_queue(tmp_path) as (_, pipe):
+        raw = orjson.dumps({"data": {"email": "ro@example.com"}})
+        delivery_id = (await pipe.post("contact", raw, sign(raw))).json()["delivery_id"]
+        await deliveries.dead_letter(pipe.redis, delivery_id, "upstream said 400", None, 600)
+        token = {"authorization": "Bearer admin-tok"}
+        replay = f"{pipe.url}/admin/dlq/{delivery_id}/replay"
+        purge = f"{pipe.url}/admin/dlq/{delivery_id}"
+        for refuse, undo, methods in (
+            (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE"), ("POST", "DELETE")),
+            # (a purge only deletes: Valkey takes it at maxmemory)
+            (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0"), ("POST",)),
+        ):
+            await pipe.redis.execute_command(*refuse)
+            try:
+                assert (await pipe.post("contact", raw, sign(raw))).status_code == 503
+                for method in methods:
+                    url = replay if method == "POST" else purge
+                    answer = await pipe.http.request(method, url, headers=token)
+                    assert answer.status_code == 503, (refuse, answer.text)
+                    assert answer.json() == {"status": "error", "error": "queue unavailable; retry later"}
+                    assert answer.headers["retry-after"]
+            finally:
+                await pipe.redis.execute_command(*undo)
+        assert (await pipe.http.post(replay, headers=token)).status_code == 202
