@@ -502,7 +502,7 @@ class Deliverer:
         # Sent, perhaps applied: a pin sealed with a key this worker lacks (a rotation rolled
         # back, a key removed early) is not "nothing to adopt", which would make a second lead;
         # PinUnreadable dead-letters this delivery, which adopts the entry once the key is back.
-        body = await self.sent.earlier_sent(idem)
+        body = await self.sent.earlier(idem)
         if body is not None:
             try:
                 entry = await self.connect.create_entry(body, idem)

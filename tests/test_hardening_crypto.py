@@ -19,7 +19,7 @@ from bridge.queue.crypto import DecryptError, Keyring
 from bridge.queue.ingest import Accepter, Incoming
 from bridge.queue.sent import SentBodies
 from tests.pipeline import Pipeline, pipeline, sign
-from tests.test_delivery_mapping_changes import _lost_create, _one_lead, _reload
+from tests.test_delivery_mapping_changes import BROKEN, _lost_create, _one_lead, _reload
 from tests.test_semantics import SIMPLE, _pipeline, _send
 
 ADMIN_TOKEN = "crypto-admin-token-71d2"
@@ -202,8 +202,8 @@ async def test_a_dead_letters_sealed_fields_and_a_pin_do_not_open_anywhere_else(
     sent = SentBodies(redis_client, ring, retention_s=60)
     await sent.pin("idem-a", command)
     await redis_client.set(keys.sent("idem-b"), await redis_client.get(keys.sent("idem-a")) or b"")
-    assert await sent.earlier_sent("idem-b") is None
-    assert await sent.earlier_sent("idem-a") == command
+    assert await sent.earlier("idem-b") is None
+    assert await sent.earlier("idem-a") == command
 
 
 # -- the whole pipeline ------------------------------------------------------------------------------
@@ -362,3 +362,21 @@ async def test_a_retry_whose_pin_cannot_be_opened_keeps_it_and_goes_once_the_key
         await _send(pipe, "simple", {"id": 97, "email": "b@example.com"})
         [entry] = await pipe.entries()  # one lead, patched by the record's next event
         assert entry["data"] == {"email": "b@example.com", "name": "b@example.com"}
+
+
+async def test_a_retry_whose_body_no_longer_builds_and_whose_pin_cannot_be_opened_names_the_key(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # As above, but the reloaded mapping cannot build the body at all (a state the table lacks):
+    # the retry falls back on the pinned body, which the worker cannot open. The dead letter must
+    # say so (the missing key), not blame the mapping: with the key back, the replay sends the
+    # pinned body, whatever the mapping says now, and links the one entry.
+    async with _create_lost_by_a_newer_key(redis_url, tmp_path, 98, attempts=3) as (pipe, first, old, new):
+        _worker_keys(pipe, keyring(old))
+        _reload(pipe, tmp_path, BROKEN)
+        assert await pipe.wait_status(first, "dead", "delivered") == "dead"
+        await _dead_for_want_of(pipe, first, new, old)
+        _worker_keys(pipe, keyring(new, old))  # the key is back; the mapping still broken
+        assert await deliveries.enqueue_again(pipe.redis, first, 60)
+        assert await pipe.wait_status(first, "delivered", "dead") == "delivered"
+        assert len(await pipe.entries()) == 1

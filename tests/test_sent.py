@@ -69,8 +69,7 @@ async def test_a_pin_sealed_with_a_key_no_longer_configured_gives_way_only_after
         await newer.pin("k4c", SECOND, before_send=True)
     assert not refused.value.retryable
     with pytest.raises(PinUnreadable):
-        await newer.earlier_sent("k4c")
-    assert await newer.earlier("k4c") is None
+        await newer.earlier("k4c")
     assert await SentBodies(redis_client, old, retention_s=60).earlier("k4c") == FIRST
     # After its request went, the body just sent replaces it.
     assert await SentBodies(redis_client, new, retention_s=60).pin("k4c", SECOND) == SECOND

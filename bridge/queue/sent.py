@@ -127,19 +127,12 @@ class SentBodies:
 
     async def earlier(self, idempotency_key: str) -> dict[str, Any] | None:
         """The body an earlier attempt pinned under `idempotency_key` (its expiry pushed back),
-        or None: nothing pinned, or a pin that cannot be read. For a request whose body cannot
-        be built now (its mapping or table changed since it was sent)."""
-        try:
-            return await self.earlier_sent(idempotency_key)
-        except PinUnreadable:
-            return None
-
-    async def earlier_sent(self, idempotency_key: str) -> dict[str, Any] | None:
-        """`earlier`, except that a pin sealed with a key that is not configured raises
-        `PinUnreadable` instead of passing for no pin: for a caller that takes "no pin" to mean
-        "nothing was sent" (adopting another delivery's create in doubt), a body that was sent
-        but cannot be read now would make a second lead. A damaged pin (altered, not JSON),
-        which no key brings back, is still None."""
+        or None: nothing pinned, or a damaged pin (altered, not JSON) that no key brings back.
+        For a request whose body cannot be built now (its mapping or table changed since it was
+        sent), and for adopting another delivery's create in doubt. A pin sealed with a key that
+        is not configured raises `PinUnreadable` instead of passing for no pin: its body may
+        have been applied, and "nothing was sent" would make a second lead (adopting), or
+        dead-letter the delivery for its mapping when the key is what is missing."""
         name = keys.sent(idempotency_key)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(name)
