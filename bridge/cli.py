@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Iterator, Mapping
@@ -13,7 +14,7 @@ from typing import Any
 
 from bridge import imports
 from bridge.errors import ConfigError, MappingValidationError
-from bridge.settings import Settings, load_settings
+from bridge.settings import Settings, load_settings, unknown_settings
 
 DESCRIPTION = """\
 leadbridge: webhooks from form tools and CRMs in, leads out on the Connect API.
@@ -208,6 +209,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from bridge import logs
 
     logs.configure(settings.effective_log_format, settings.log_level)
+    for unknown in unknown_settings(os.environ):
+        logging.getLogger("bridge.settings").warning(unknown)
     if args.command == "mappings":
         return _mappings(args, settings)
     if args.command == "dlq":

@@ -7,6 +7,7 @@ result is passed down. A wrong value raises `ConfigError` with one line naming t
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -149,6 +150,24 @@ def redacted_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+PREFIX = "BRIDGE_"  # every variable named so is one of ours: no other is read
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """One line per variable named like a setting (`BRIDGE_…`) that is none, with the nearest
+    setting's name: a misspelt one (`BRIDGE_RETRY_WINDOW` for `BRIDGE_RETRY_WINDOW_S`) leaves the
+    default in force, and without a word nobody would know. Names only, never values."""
+    known = [field.alias for field in Settings.model_fields.values() if field.alias]
+    lines = []
+    for name in sorted(n for n in environ if n.startswith(PREFIX) and n not in known):
+        import difflib  # only then (a worker counts its memory)
+
+        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        lines.append(f"{name} is not a leadbridge setting and is ignored{hint}")
+    return lines
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -274,3 +274,20 @@ def test_mappings_test_takes_a_file_and_resolves_from_the_running_sandbox(tmp_pa
         sandbox.wait(timeout=10)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "leadStateId" in result.stdout or "customFieldData" in result.stdout
+
+
+def test_a_misspelt_setting_is_warned_about_by_name_not_value(tmp_path: Path) -> None:
+    # BRIDGE_RETRY_WINDOW (no _S) would leave the default retry window in force, unsaid.
+    env = _env(tmp_path, BRIDGE_RETRY_WINDOW="s3cr3t-looking-value", BRIDGE_NOT_A_THING="1")
+    result = _leadbridge("mappings", "validate", env=env)  # (the shipped mappings lack their secrets here)
+    assert "Traceback" not in result.stderr
+    warnings = [orjson.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    messages = [w["msg"] for w in warnings if w["level"] == "warning"]
+    assert messages == [
+        "BRIDGE_NOT_A_THING is not a leadbridge setting and is ignored",
+        "BRIDGE_RETRY_WINDOW is not a leadbridge setting and is ignored"
+        " (did you mean BRIDGE_RETRY_WINDOW_S?)",
+    ]
+    assert "s3cr3t-looking-value" not in result.stderr + result.stdout
+    quiet = _leadbridge("mappings", "validate", env=_env(tmp_path))
+    assert "not a leadbridge setting" not in quiet.stderr
