@@ -12,7 +12,7 @@ value's `default` and `required` then apply), never an exception. None stays Non
 | integer | like number, but only integral values (1.5 gives null) |
 | boolean | true/false, 1/0, and text yes/no, y/n, true/false, on/off, 1/0, checked/unchecked |
 | email | trim + lower + NFC (drop a `mailto:`, invisible characters, <…>); not an address gives null |
-| phone_e164 | E.164 text via phonenumbers (options below) |
+| phone_e164 | E.164 text via phonenumbers (options below); an extension is dropped |
 | datetime | ISO-8601 UTC with `Z`; in: epoch s or ms, ISO-8601, RFC 2822, common dates |
 
 Options, written as a one-key object in `then:`:
@@ -71,16 +71,21 @@ _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 _INVISIBLE_SET = frozenset(_INVISIBLE_CHARS)
 _BLANK_EDGES = re.compile(f"^[\\s{_INVISIBLE_CHARS}]+|[\\s{_INVISIBLE_CHARS}]+$")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_THOUSANDS_COMMA = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$")
-_THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(?:\.\d{3}){2,}$")  # 1.234.567; one dot is a decimal point
+# Digits grouped by thousands: the first group starts with 1-9 ("0,125" is a decimal comma).
+_THOUSANDS_COMMA = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+$")
+_THOUSANDS_DOTS = re.compile(r"^[+-]?[1-9]\d{0,2}(?:\.\d{3}){2,}$")  # 1.234.567; one dot: a decimal point
 # Digits grouped by thousands with this sign (and nothing after): for `number`'s `decimal` option.
-_THOUSANDS = {",": _THOUSANDS_COMMA, ".": re.compile(r"^[+-]?\d{1,3}(?:\.\d{3})+$")}
+_THOUSANDS = {",": _THOUSANDS_COMMA, ".": re.compile(r"^[+-]?[1-9]\d{0,2}(?:\.\d{3})+$")}
 # Spaces of any kind (fr writes a narrow no-break space), "_" and de-CH's apostrophes.
 _DIGIT_GROUPING = re.compile(r"[\s_'\u2019]")
 # A word for `title`: letters and digits, with an English contraction's ending ("jane's",
-# "don't") as part of it; "o'brien" is two words, "1st" one.
-_TITLE_APART = re.compile(r"['\u2019\d]")  # where `title` and str.title differ
-_TITLE_WORD = re.compile(r"[^\W_]+(?:['\u2019](?:s|t|d|m|ll|re|ve)(?![^\W_]))?", re.IGNORECASE)
+# "don't") as part of it; "o'brien" is two words, "1st" one. A combining accent belongs to the
+# letter before it (decomposed text: "c" + U+0327 is "ç", not the end of a word).
+_MARKS = "\u0300-\u036f\u0483-\u0489\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_TITLE_APART = re.compile(f"['\u2019\\d{_MARKS}]")  # where `title` and str.title differ
+_TITLE_WORD = re.compile(
+    f"[^\\W_](?:[^\\W_]|[{_MARKS}])*(?:['\u2019](?:s|t|d|m|ll|re|ve)(?![^\\W_]))?", re.IGNORECASE
+)
 _LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 # JavaScript's Date#toString ends "GMT+0200 (Central European Summer Time)"; parsedate reads
 # "GMT" and drops the offset after it, so the offset is made a plain "+0200".
@@ -89,6 +94,39 @@ _GMT_OFFSET = re.compile(r"\s*(?:GMT|UTC)([+-]\d{2}):?(\d{2})(?:\s*\([^()]*\))?$
 # an offset ("… +0200 CEST", Go's time.Time) it adds nothing. Other names alone stay unread.
 _UTC_NAME = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 _NAME_AFTER_OFFSET = re.compile(r"(\s*[+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$")
+# "12:15:00.5 +0200": Python 3.11's fromisoformat takes a space before the offset only after a
+# fraction of six digits (or none).
+_SPACED_OFFSET = re.compile(r"(\d:\d{2}(?:[.,]\d+)?)\s+([+-]\d{2}(?::?\d{2})?)$")
+# What parsedate reads besides numbers: day and month names, the zones it knows (any other zone
+# name, and AM/PM, it silently drops, so the time would be read in `tz` or twelve hours off).
+_DAY_AND_MONTH_NAMES = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+_PARSEDATE_NAMES = frozenset(_DAY_AND_MONTH_NAMES + tuple(name[:3] for name in _DAY_AND_MONTH_NAMES))
+_PARSEDATE_ZONES = frozenset(
+    {"ut", "utc", "gmt", "z", "ast", "adt", "est", "edt", "cst", "cdt", "mst", "mdt", "pst", "pdt"}
+)
+_WORD = re.compile(r"[A-Za-z]+")
+_COMMENT = re.compile(r"\s*\([^()]*\)$")  # RFC 2822's "+0200 (CEST)"
+_MERIDIEM = re.compile(r"\s*(?<![A-Za-z])([ap])\.?m\.?$", re.IGNORECASE)
 _CURRENCY_SIGNS = "$€£¥₹"
 _CURRENCY = " \t" + _CURRENCY_SIGNS
 # An ISO 4217 code before or after the amount ("USD 1,234.50", "1.234,50 EUR", "CHF1'200"), as
@@ -433,15 +471,40 @@ def _parse_datetime(value: Any, fmt: str | None, zone: tzinfo) -> datetime | Non
             return _aware(datetime.strptime(text, candidate), zone)
         except ValueError:
             continue
+    return _from_rfc_2822(text, zone)
+
+
+def _from_rfc_2822(text: str, zone: tzinfo) -> datetime | None:
+    """RFC 2822 and the like ("July 1, 2025 3:05 PM", Unix `date`), or None when the text has
+    a word parsedate would drop (a zone name it does not know) rather than a time it would shift."""
+    text = _COMMENT.sub("", text)
+    meridiem = _MERIDIEM.search(text)
+    if meridiem:
+        text = text[: meridiem.start()]
     moment = parsedate_to_datetime(text)
+    names = _PARSEDATE_NAMES if moment.tzinfo is None else _PARSEDATE_NAMES | _PARSEDATE_ZONES
+    if any(word.lower() not in names for word in _WORD.findall(text)):
+        return None
+    if meridiem:
+        if not 1 <= moment.hour <= 12:
+            return None
+        moment = moment.replace(hour=moment.hour % 12 + (12 if meridiem[1].lower() == "p" else 0))
     if moment.tzinfo is None and text.endswith("-0000"):
         return moment.replace(tzinfo=UTC)  # RFC 2822 §3.3: UTC, the sender's own zone unknown
     return _aware(moment, zone)
 
 
 def _from_iso(text: str, zone: tzinfo) -> datetime | None:
+    text = _LONG_FRACTION.sub(r"\1", text)
     try:
-        return _aware(datetime.fromisoformat(_LONG_FRACTION.sub(r"\1", text)), zone)
+        return _aware(datetime.fromisoformat(text), zone)
+    except ValueError:
+        pass
+    joined = _SPACED_OFFSET.sub(r"\1\2", text)
+    if joined == text:
+        return None
+    try:
+        return _aware(datetime.fromisoformat(joined), zone)
     except ValueError:
         return None
 
