@@ -84,9 +84,16 @@ def slot(record: DeliveryRecord, command: LeadCommand) -> str:
     """What `command` is recorded done as, and its idempotency key names: its element's identity
     where it has one and the delivery goes by element (`DeliveryRecord.by_element`), else its
     position (every command of a mapping without `each`: "0")."""
-    if record.by_element and command.element is not None:
-        return command.element
-    return str(command.index)
+    return _slot(record.by_element, command.index, command.element)
+
+
+def _slot(by_element: bool, index: int, element: str | None) -> str:
+    return element if by_element and element is not None else str(index)
+
+
+def _by_position(done: Mapping[str, str]) -> bool:
+    """Whether a done record holds positions: an earlier run went by position."""
+    return any(done_as.isdigit() for done_as in done)
 
 
 class Deliverer:
@@ -219,14 +226,25 @@ class Deliverer:
         )
         return Retry(defer=self.rng.uniform(*QUEUE_DOWN_DEFER_S))
 
-    async def _plan(self, record: DeliveryRecord, mapping: CompiledMapping) -> Plan:
-        """Parse the stored body again and plan it. Then the body, its headers and the parsed
-        payload are let go: a delivery waits on the upstream with its commands only (what the
-        deliveries in flight hold; the stored copy stays in Redis)."""
+    async def _plan(self, record: DeliveryRecord, mapping: CompiledMapping, done: Mapping[str, str]) -> Plan:
+        """Parse the stored body again and plan it, leaving out the commands `done` holds (an
+        earlier run applied them: planned, their `enrich` would fetch again). Then the body,
+        its headers and the parsed payload are let go: a delivery waits on the upstream with
+        its commands only (what the deliveries in flight hold; the stored copy stays in Redis)."""
         payload = mapping.provider.reparse(record.body, record.headers)
         record.body, record.headers = b"", {}
+        skip: Callable[[int, str | None], bool] | None = None
+        if done:
+            # As `slot` names them (`_went_by_position` reads the mode from a non-empty `done`).
+            by_element = record.by_element and not _by_position(done)
+
+            def applied(index: int, element: str | None) -> bool:
+                return _slot(by_element, index, element) in done
+
+            skip = applied
+
         return await mapping.plan(
-            payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery
+            payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery, skip=skip
         )
 
     async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
@@ -242,7 +260,7 @@ class Deliverer:
         command: LeadCommand | None = None
         try:
             try:
-                plan = await self._plan(record, mapping)
+                plan = await self._plan(record, mapping, done)
             except DeliveryError as exc:
                 if exc.retryable:
                     await self.ordering.leave_unplanned(record.id, record.mapping)
@@ -307,7 +325,7 @@ class Deliverer:
         there: the rerun must send it under that key again, which the upstream replays, not
         under the element's, which makes a second lead."""
         if done:
-            return any(done_as.isdigit() for done_as in done)
+            return _by_position(done)
         if not (record.attempts or record.replayed_at is not None or record.cut or record.unfinished > 1):
             return False  # its first run: nothing went yet
         pins = [

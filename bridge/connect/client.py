@@ -11,6 +11,8 @@ httpx's own. Every write carries an `Idempotency-Key`; every failure becomes an
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +26,10 @@ from bridge.errors import UpstreamError
 
 MERGE_PATCH = "application/merge-patch+json"
 MAX_ERROR_TEXT = 300
+# An enrich record is one lead's data (a Graph API lead is ~1 KB). The answer is read no further
+# than this, counted after decompression: a source answering endlessly, or a small gzip body
+# that inflates to gigabytes, would otherwise fill the worker's memory (docs/mappings.md, enrich).
+MAX_ENRICH_BYTES = 4 * 1024 * 1024
 
 
 def build_http_client(
@@ -158,26 +164,52 @@ class EnrichClient:
     async def __call__(self, url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
         if self._http is None:
             self._http = self._make_http()
+        # httpx's timeout bounds each read, not the fetch: a source trickling its answer a byte
+        # at a time would hold the job until BRIDGE_JOB_TIMEOUT_S. `timeout_s` is documented as
+        # the limit of one fetch attempt, so the whole of it (connect, answer, body) is bounded.
+        deadline = asyncio.timeout(timeout_s)
         try:
-            if timeout_s is None:
-                response = await self._http.get(url, headers=dict(headers))
-            else:
-                response = await self._http.get(url, headers=dict(headers), timeout=timeout_s)
+            async with deadline:
+                status, retry_after, body = await self._fetch(self._http, url, headers, timeout_s)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the job's own time limit, around this one: the worker's to handle
+            raise UpstreamError("enrich fetch failed: timed out", retryable=True) from None
         except Exception as exc:
             if not _transport_error(exc):
                 raise
             raise UpstreamError(f"enrich fetch failed: {type(exc).__name__}", retryable=True) from None
-        outcome = classify(
-            response.status_code, retry_after=response.headers.get("retry-after"), third_party=True
-        )
+        outcome = classify(status, retry_after=retry_after, third_party=True)
         if not outcome.ok:
             raise UpstreamError(
-                f"enrich fetch answered {response.status_code}",
+                f"enrich fetch answered {status}",
                 retryable=outcome.retryable,
                 retry_after_s=outcome.retry_after_s,
-                status=response.status_code,
+                status=status,
             )
+        if body is None:
+            # The same record would be as large on every try: dead-lettered, replayable once the
+            # source (or the mapping's URL, e.g. a `fields=` selection) is put right.
+            raise UpstreamError(f"enrich fetch answered more than {MAX_ENRICH_BYTES} bytes", retryable=False)
         try:
-            return response.json()
-        except ValueError:
+            return json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise UpstreamError("enrich fetch did not return JSON", retryable=False) from None
+
+    @staticmethod
+    async def _fetch(
+        http: httpx.AsyncClient, url: str, headers: Mapping[str, str], timeout_s: float | None
+    ) -> tuple[int, str | None, bytes | None]:
+        """The status, Retry-After and (decoded) body of a GET; the body None past
+        MAX_ENRICH_BYTES, and not read at all for a failure (never used, and as unbounded)."""
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
+        async with http.stream("GET", url, headers=dict(headers), timeout=timeout) as response:
+            retry_after = response.headers.get("retry-after")
+            if not 200 <= response.status_code < 300:
+                return response.status_code, retry_after, b""
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ENRICH_BYTES:
+                    return response.status_code, retry_after, None
+            return response.status_code, retry_after, bytes(body)

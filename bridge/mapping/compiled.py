@@ -12,7 +12,7 @@ fields, never payload values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -53,12 +53,16 @@ class CompiledEnrich:
         self.headers: dict[str, str] = dict(spec.headers)
         self.as_key = spec.as_
         self.timeout_s = spec.timeout_s
-        self._parts: list[str | tuple[str, Expr]] = []
+        # (expression text, compiled, whether it lies in the URL's path: before any '?' or '#')
+        self._parts: list[str | tuple[str, Expr, bool]] = []
         position = 0
+        in_path = True
         for match in URL_PART.finditer(spec.url):
-            self._parts.append(spec.url[position : match.start()])
+            literal = spec.url[position : match.start()]
+            self._parts.append(literal)
+            in_path = in_path and "?" not in literal and "#" not in literal
             text = match.group(1).strip()
-            self._parts.append((text, guarded(compiler.compile(text), "enrich.url")))
+            self._parts.append((text, guarded(compiler.compile(text), "enrich.url"), in_path))
             position = match.end()
         self._parts.append(spec.url[position:])
 
@@ -68,10 +72,16 @@ class CompiledEnrich:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            text, expr = part
+            text, expr, in_path = part
             value = _text(expr(element), f"enrich.url {{{text}}}")
             if value is None:
                 raise MappingError(f"enrich.url: {{{text}}} resolved to null")
+            if in_path and value in (".", ".."):
+                # quote() leaves dots alone, and every HTTP client (httpx, aiohttp's yarl) removes
+                # dot segments: a payload value ".." would move the GET, with the mapping's
+                # secret headers, to another path of the source (`/leads/{id}` -> `/`). A
+                # percent-encoded %2E%2E is no answer: many servers decode it and resolve it.
+                raise MappingError(f"enrich.url: {{{text}}} resolved to a dot segment ('.' or '..')")
             out.append(quote(value, safe=""))
         return "".join(out)
 
@@ -132,8 +142,15 @@ class CompiledMapping:
         return f"CompiledMapping(name={self.name!r}, provider={self.provider_name!r}, action={self.action!r})"
 
     async def plan(
-        self, payload: Any, *, enrich: EnrichFetcher | None = None, max_commands: int = 100
+        self,
+        payload: Any,
+        *,
+        enrich: EnrichFetcher | None = None,
+        max_commands: int = 100,
+        skip: Callable[[int, str | None], bool] | None = None,
     ) -> Plan:
+        """`skip(index, element_id)`: an element whose command an earlier run of the delivery
+        applied; it gets no command, and no `enrich` fetch."""
         if self._when is not None and not truthy(self._when(payload)):
             return Plan.model_construct(ignored=True, commands=[])
         if self._each is None:
@@ -152,10 +169,16 @@ class CompiledMapping:
         ids = element_ids(elements) if self._each is not None else None
         commands: list[LeadCommand] = []
         for index, element in enumerate(elements):
+            element_id = ids[index] if ids is not None else None
+            if skip is not None and skip(index, element_id):
+                # Fetched again, its record could now be gone (404) or refused: that would
+                # dead-letter the delivery for a lead already delivered, and with it the
+                # elements still owed, for good (a replay would fetch it again).
+                continue
             if self.enrich is not None:
                 assert enrich is not None
                 element = await self.enrich.apply(element, enrich)
-            commands.append(self.command(index, element, ids[index] if ids is not None else None))
+            commands.append(self.command(index, element, element_id))
         return Plan.model_construct(ignored=False, commands=commands)
 
     def command(self, index: int, element: Any, element_id: str | None = None) -> LeadCommand:
