@@ -396,6 +396,8 @@ def to_email(value: Any) -> str | None:
 
 
 def to_phone_e164(value: Any, region: str | None = None, strict: bool = True) -> str | None:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)  # a number field some systems send as 4155552671.0 (E.164: 15 digits)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
