@@ -17,7 +17,9 @@ import time
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.queue import deliveries
 from bridge.queue.crypto import Keyring
@@ -29,11 +31,16 @@ async def run(args: argparse.Namespace, settings: Settings, url: str) -> int:
     redis = make_redis(url)
     try:
         return await _run(args, settings, redis)
-    except (RedisError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         print(
             f"leadbridge: cannot reach the queue ({type(exc).__name__}); is REDIS_URL right?",
             file=sys.stderr,
         )
+        return 1
+    except RedisError as exc:
+        # Reached, but it refused (a replica after a failover: READONLY; its maxmemory: OOM).
+        # Its own message names the cause and holds no lead value.
+        print(f"leadbridge: the queue refused the command ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
     finally:
         await redis.aclose()

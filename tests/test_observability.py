@@ -14,6 +14,7 @@ import pytest
 from bridge.logs import JSONFormatter
 from bridge.queue import deliveries
 from bridge.queue.embedded import EmbeddedValkey
+from tests.delivery_support import env, leadbridge
 from tests.pipeline import Pipeline, pipeline, sign
 from tests.servers import until
 
@@ -143,7 +144,7 @@ async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: P
     # to it (READONLY), or one at its maxmemory (OOM). A webhook is a 503 then (not stored; the
     # provider retries), and so must a replay or a purge be: the queue is unavailable, not the
     # bridge broken (a text/plain 500 that the OpenAPI document does not describe).
-    async with _own_queue(tmp_path) as (_, pipe):
+    async with _own_queue(tmp_path) as (server, pipe):
         raw = orjson.dumps({"data": {"email": "ro@example.com"}})
         delivery_id = (await pipe.post("contact", raw, sign(raw))).json()["delivery_id"]
         await deliveries.dead_letter(pipe.redis, delivery_id, "upstream said 400", None, 600)
@@ -164,6 +165,11 @@ async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: P
                     assert answer.status_code == 503, (refuse, answer.text)
                     assert answer.json() == {"status": "error", "error": "queue unavailable; retry later"}
                     assert answer.headers["retry-after"]
+                # The command line too: reached, but refused (not "cannot reach the queue").
+                cli = env(REDIS_URL=server.url)
+                code, _, err = await leadbridge("dlq", "replay", delivery_id, environ=cli)
+                assert code == 1
+                assert "the queue refused the command" in err, err
             finally:
                 await pipe.redis.execute_command(*undo)
         assert (await pipe.http.post(replay, headers=token)).status_code == 202
