@@ -513,11 +513,11 @@ async def test_a_replay_asked_for_while_a_run_of_it_is_under_way_is_refused_not_
     running, release = asyncio.Event(), asyncio.Event()
     plan = Deliverer._plan
 
-    async def held(self: Deliverer, record: Any, mapping: Any) -> Any:
+    async def held(self: Deliverer, record: Any, *args: Any) -> Any:
         if record.replayed_at is not None and not running.is_set():
             running.set()
             await release.wait()
-        return await plan(self, record, mapping)
+        return await plan(self, record, *args)
 
     monkeypatch.setattr(Deliverer, "_plan", held)
     async with pipeline(
