@@ -125,8 +125,13 @@ _PARSEDATE_ZONES = frozenset(
     {"ut", "utc", "gmt", "z", "ast", "adt", "est", "edt", "cst", "cdt", "mst", "mdt", "pst", "pdt"}
 )
 _WORD = re.compile(r"[A-Za-z]+")
-_COMMENT = re.compile(r"\s*\([^()]*\)$")  # RFC 2822's "+0200 (CEST)"
+# RFC 2822's "+0200 (CEST)": a comment after the offset, which it only names. After no offset
+# ("1:05 PM (EDT)") it is kept, and refused as a word: read in `tz`, the time would be off.
+_COMMENT = re.compile(r"(?:(?<=[+-]\d{4})|(?<=[+-]\d\d:\d\d)|(?<=GMT)|(?<=UTC))\s*\([^()]*\)$")
 _MERIDIEM = re.compile(r"\s*(?<![A-Za-z])([ap])\.?m\.?$", re.IGNORECASE)
+# The day of the week before its comma, which parsedate skips unread whatever it says ("Tues,",
+# AP style's "Thurs.,"): no word that would move the time.
+_SKIPPED_DAY = re.compile(r"^[A-Za-z]+\.?,")
 _CURRENCY_SIGNS = "$€£¥₹"
 _CURRENCY = " \t" + _CURRENCY_SIGNS
 # An ISO 4217 code before or after the amount ("USD 1,234.50", "1.234,50 EUR", "CHF1'200"), as
@@ -485,7 +490,7 @@ def _from_rfc_2822(text: str, zone: tzinfo) -> datetime | None:
         text = text[: meridiem.start()]
     moment = parsedate_to_datetime(text)
     names = _PARSEDATE_NAMES if moment.tzinfo is None else _PARSEDATE_NAMES | _PARSEDATE_ZONES
-    if any(word.lower() not in names for word in _WORD.findall(text)):
+    if any(word.lower() not in names for word in _WORD.findall(_SKIPPED_DAY.sub("", text, count=1))):
         return None
     if meridiem:
         if not 1 <= moment.hour <= 12:
