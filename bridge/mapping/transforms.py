@@ -493,9 +493,13 @@ def _from_rfc_2822(text: str, zone: tzinfo) -> datetime | None:
     if any(word.lower() not in names for word in _WORD.findall(_SKIPPED_DAY.sub("", text, count=1))):
         return None
     if meridiem:
-        if not 1 <= moment.hour <= 12:
+        pm = meridiem[1].lower() == "p"
+        if 1 <= moment.hour <= 12:
+            moment = moment.replace(hour=moment.hour % 12 + (12 if pm else 0))
+        elif not (moment.hour > 12 and pm) and not (moment.hour == 0 and not pm):
+            # A 24-hour time with its own AM/PM ("13:05 PM", "00:30 AM": a formatter's "HH ... a")
+            # means what it says; one that contradicts it ("13:05 AM", a date alone "PM") is null.
             return None
-        moment = moment.replace(hour=moment.hour % 12 + (12 if meridiem[1].lower() == "p" else 0))
     if moment.tzinfo is None and text.endswith("-0000"):
         return moment.replace(tzinfo=UTC)  # RFC 2822 §3.3: UTC, the sender's own zone unknown
     return _aware(moment, zone)
