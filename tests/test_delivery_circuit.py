@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -186,16 +187,24 @@ async def one_lead_each(pipe: Pipeline, prefix: str, count: int) -> None:
     assert [e["type"] for e in await pipe.events()].count("table.entry.added") == count
 
 
+def _quick_breaker(
+    redis_url: str, tmp_path: Path, *, min_calls: int
+) -> AbstractAsyncContextManager[Pipeline]:
+    """A pipeline whose breaker opens after `min_calls` failed calls and probes after 0.3 s, then
+    0.6 s."""
+    return pipeline(
+        redis_url,
+        tmp_path / "mappings",
+        BRIDGE_CIRCUIT_MIN_CALLS=min_calls,
+        BRIDGE_CIRCUIT_OPEN_S=0.3,
+        BRIDGE_CIRCUIT_MAX_OPEN_S=0.6,
+    )
+
+
 async def test_pipeline_pauses_on_a_down_upstream_and_resumes_by_itself(
     redis_url: str, tmp_path: Path
 ) -> None:
-    async with pipeline(
-        redis_url,
-        tmp_path / "mappings",
-        BRIDGE_CIRCUIT_MIN_CALLS=5,
-        BRIDGE_CIRCUIT_OPEN_S=0.3,
-        BRIDGE_CIRCUIT_MAX_OPEN_S=0.6,
-    ) as pipe:
+    async with _quick_breaker(redis_url, tmp_path, min_calls=5) as pipe:
         metrics = pipe.runtime.metrics
 
         def failed_calls() -> float:
@@ -252,13 +261,7 @@ async def test_a_refused_api_key_holds_deliveries_until_it_is_put_right(
     """A revoked or rotated CONNECT_API_KEY: the upstream answers every call 401. Each delivery
     used to go straight to the dead-letter queue, to be replayed by hand once the key was
     fixed; now the breaker opens and they wait, then go through on their own, each once."""
-    async with pipeline(
-        redis_url,
-        tmp_path / "mappings",
-        BRIDGE_CIRCUIT_MIN_CALLS=3,
-        BRIDGE_CIRCUIT_OPEN_S=0.3,
-        BRIDGE_CIRCUIT_MAX_OPEN_S=0.6,
-    ) as pipe:
+    async with _quick_breaker(redis_url, tmp_path, min_calls=3) as pipe:
         key = pipe.sandbox._api_key
         pipe.sandbox._api_key = b"rotated-upstream"  # the key the worker sends is refused now
         ids = await send_contacts(pipe, "k", 4)
