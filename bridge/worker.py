@@ -272,7 +272,7 @@ class Deliverer:
                 return "ignored"
             if record.by_element and await self._went_by_position(record, plan, done):
                 record.by_element = False
-            owed = [c for c in plan.commands if slot(record, c) not in done]
+            owed = plan.commands  # those done already were left out of the plan (`_plan`)
             records = [(c.link, c.key) for c in owed if c.key is not None]
             pending: Registration | None = None
             if owed and owed[0].key is not None:
