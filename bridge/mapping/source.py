@@ -115,12 +115,7 @@ class _Builder:
         self._built = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
-        self._built += 1
-        if self._built > MAX_NODES:  # aliases of aliases: a short file can expand exponentially
-            raise yaml.MarkedYAMLError(
-                problem=f"the file expands to more than {MAX_NODES} values (aliases included)",
-                problem_mark=node.start_mark,
-            )
+        self._count(1, node)
         self.source.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             if id(node) in self._building:  # `a: &a {b: *a}`: no end (RecursionError)
@@ -209,14 +204,19 @@ class _Builder:
                     pairs.append((key_node, value_node))
         finally:
             self._building.discard(id(node))
-        self._built += len(pairs)
+        self._count(len(pairs), node)
+        self._merges[id(node)] = pairs
+        return pairs
+
+    def _count(self, values: int, node: yaml.Node) -> None:
+        """`values` more built; past MAX_NODES an error (aliases of aliases: a short file can
+        expand exponentially)."""
+        self._built += values
         if self._built > MAX_NODES:
             raise yaml.MarkedYAMLError(
                 problem=f"the file expands to more than {MAX_NODES} values (aliases included)",
                 problem_mark=node.start_mark,
             )
-        self._merges[id(node)] = pairs
-        return pairs
 
     def _key(self, key_node: yaml.Node, loc: Loc) -> Any:
         if key_node.tag == VALUE_TAG:  # `=` as a key: text (what PyYAML's flatten_mapping does)

@@ -26,10 +26,10 @@ holding up later ones, and so does a patch that waits for its record's create (i
 or a create arriving after it would wait for it forever). With `order` set, such a late command is
 then skipped as stale instead of overwriting newer data.
 
-While a record has no entry linked, the turn of a command that creates records that create as
-the record's create in doubt (`creating`: its pinned body's key) until a link settles it; a later
-delivery's turn that finds another's there is told (`Turn.orphan`), so that the worker can adopt
-the entry that create may have made before making a second one (docs/delivery.md).
+While a record has no entry linked, the turn of a command that creates writes down its create
+(its pinned body's key) as the record's create in doubt (`creating`), until a link settles it; a
+later delivery's turn that finds another's there is told (`Turn.orphan`), so that the worker can
+adopt the entry that create may have made before making a second one (docs/delivery.md).
 
 The lease lock (SET NX PX, renewed while held) keeps a command of a delivery that runs twice at
 once (a job whose lease expired while its worker was stalled) from overlapping itself.
