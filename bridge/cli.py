@@ -25,6 +25,7 @@ Start here:  leadbridge run --sandbox   (everything local: embedded Valkey, a sa
 
 SANDBOX_ENV = "sandbox.env"
 SANDBOX_URL_VARIABLE = "LEADBRIDGE_SANDBOX_URL"
+SANDBOX_PORT_OFFSET = 10  # the sandbox listens beside the web port: 8000 -> 8010
 SANDBOX_VALUES_HELP = (
     f"variables left unset take the demo values of {SANDBOX_ENV} beside the mappings, as with "
     "`run --sandbox` (the shipped mappings need them)"
@@ -262,7 +263,8 @@ def _mappings(args: argparse.Namespace, settings: Settings) -> int:
         from bridge.sandbox import DEMO_API_KEY
 
         # the sandbox of `leadbridge run --sandbox` (or `leadbridge sandbox`) on this machine
-        upstream = mapping_cli.Upstream(f"http://127.0.0.1:{settings.port + 10}", DEMO_API_KEY)
+        sandbox_url = f"http://127.0.0.1:{settings.port + SANDBOX_PORT_OFFSET}"
+        upstream = mapping_cli.Upstream(sandbox_url, DEMO_API_KEY)
     elif args.resolve:
         base_url, key = settings.require_upstream(
             "--resolve reads the tables from it; for a running sandbox's, add --sandbox, or set "
@@ -279,7 +281,7 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
     from bridge.sandbox import DEMO_API_KEY, create_sandbox_app
 
-    port = args.port if args.port is not None else settings.port + 10
+    port = args.port if args.port is not None else settings.port + SANDBOX_PORT_OFFSET
     print(f"Connect sandbox on http://{settings.host}:{port} (bearer key: {args.api_key or DEMO_API_KEY})")
     uvicorn.run(
         create_sandbox_app(args.api_key or DEMO_API_KEY), host=settings.host, port=port, log_config=None
@@ -298,7 +300,7 @@ def _service(args: argparse.Namespace, settings: Settings) -> int:
         upstream = Upstream(base_url, key.get_secret_value())
     sandbox_sock = None
     if sandbox:
-        default_port = settings.port + 10 if settings.port else 0
+        default_port = settings.port + SANDBOX_PORT_OFFSET if settings.port else 0
         port = args.sandbox_port if args.sandbox_port is not None else default_port
         sandbox_sock = bind(settings.host, port)
         environ = sandbox_environ(settings, f"http://{settings.host}:{sandbox_sock.getsockname()[1]}")
