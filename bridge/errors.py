@@ -186,3 +186,21 @@ class CircuitOpen(Deferred):
 
 class OrderWait(Deferred):
     """An earlier delivery for the same record goes first: this one waits (no attempt counted)."""
+
+
+def failure_kind(exc: DeliveryError) -> str:
+    """What kind of failure dead-lettered a delivery, for its log line (never its message)."""
+    if isinstance(exc, UpstreamError):
+        return "upstream"
+    if isinstance(exc, WaitForLink):
+        return "no entry linked"
+    if isinstance(exc, MappingNotLoaded):
+        return "mapping not loaded"
+    if isinstance(exc, MappingError):
+        return "mapping"
+    return "delivery"
+
+
+def dead_reason(exc: DeliveryError) -> str:
+    """A failure as a dead letter's reason says it."""
+    return f"mapping error: {exc.message}" if isinstance(exc, MappingError) else exc.message

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -46,8 +47,10 @@ from bridge.errors import (
     MappingNotLoaded,
     UpstreamError,
     WaitForLink,
+    dead_reason,
+    failure_kind,
 )
-from bridge.mapping.commands import LeadCommand, Plan
+from bridge.mapping.commands import ElementFailure, LeadCommand, Plan
 from bridge.mapping.compiled import CompiledMapping
 from bridge.metrics import Metrics
 from bridge.queue import deliveries, keys
@@ -244,7 +247,11 @@ class Deliverer:
             skip = applied
 
         return await mapping.plan(
-            payload, enrich=self.enrich, max_commands=self.settings.max_commands_per_delivery, skip=skip
+            payload,
+            enrich=self.enrich,
+            max_commands=self.settings.max_commands_per_delivery,
+            skip=skip,
+            isolate=True,
         )
 
     async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
@@ -258,6 +265,7 @@ class Deliverer:
             reason = f"stored payload cannot be read: {record.payload_error}"
             return await self._dead(record, reason, None, kind="payload unreadable")
         command: LeadCommand | None = None
+        failed: Failures | None = None
         try:
             try:
                 plan = await self._plan(record, mapping, done)
@@ -286,14 +294,26 @@ class Deliverer:
             last_index: dict[tuple[str, str | None], int] = {
                 (c.link, c.key): c.index for c in owed if c.key is not None
             }
+            failed = Failures(len(owed) + len(plan.failures), mapping.link, plan.failures)
             finished = False
             for command in owed:
+                if failed.hold_back(command):
+                    continue  # after a command of its record that failed: not ahead of it
                 last = last_index.get((command.link, command.key)) == command.index
-                finished = await self._apply_once(
-                    record, command, last, finish=command is owed[-1], registration=pending
-                )
-                pending = None
+                try:
+                    finished = await self._apply_once(
+                        record, command, last, finish=command is owed[-1] and not failed, registration=pending
+                    )
+                    failed.went()
+                except DeliveryError as exc:
+                    if exc.retryable:
+                        raise
+                    await self._failed_alone(record, command, exc, failed)
+                finally:
+                    pending = None
             command = None
+            if failed:
+                return await self._dead_for(record, failed)
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None, kind="payload")
         except MappingError as exc:
@@ -307,9 +327,9 @@ class Deliverer:
             if command is not None and command.key is not None:
                 # Yield the record's turn: its create may come from a delivery that arrived later.
                 await self.ordering.release(record.id, command.link, command.key)
-            return await self._failed(record, exc, command)
+            return await self._failed(record, exc, command, failed)
         except DeliveryError as exc:
-            return await self._failed(record, exc, command)
+            return await self._failed(record, exc, command, failed)
         if not finished:
             await deliveries.finish(self.redis, record, "delivered")
         log.info("delivery delivered", extra={**self._ids(record), "attempt": record.attempts + 1})
@@ -356,7 +376,45 @@ class Deliverer:
         margin_s = min(self.settings.job_timeout_s + 60.0, retention_s / 10)  # the try's own time
         return record.kept_s(time.time()) + delay_s + margin_s > retention_s
 
-    async def _failed(self, record: DeliveryRecord, exc: DeliveryError, command: LeadCommand | None) -> str:
+    async def _failed_alone(
+        self, record: DeliveryRecord, command: LeadCommand, exc: DeliveryError, failed: Failures
+    ) -> None:
+        """One command failed for good: the delivery's others go on (`Failures`), and it is
+        dead-lettered with them all at its end. Its record's line is let go meanwhile."""
+        failed.add(
+            command.index, command.link, command.key, dead_reason(exc), failure_kind(exc), exc.status, command
+        )
+        if command.key is not None:
+            await self.ordering.release(record.id, command.link, command.key)
+        if failed.planned == 1:
+            return  # the delivery's one command: `_dead_for` logs it
+        log.warning(
+            "command failed for good; the delivery's other commands go on",
+            extra={
+                **self._ids(record),
+                "command": command.index,
+                "kind": failure_kind(exc),
+                "status": exc.status,
+            },
+        )
+
+    async def _dead_for(self, record: DeliveryRecord, failed: Failures) -> str:
+        """Dead-letter a delivery whose every command was tried and some failed for good: on
+        replay, only those (and any held behind them) go, the others are on record as done."""
+        first = failed.first
+        for other in failed.items:
+            if other is not first:  # `_dead` counts that one
+                action = other.command.action if other.command else "none"
+                self.metrics.count_command(record.mapping, action, "dead")
+        return await self._dead(record, failed.reason(), first.command, status=first.status, kind=first.kind)
+
+    async def _failed(
+        self,
+        record: DeliveryRecord,
+        exc: DeliveryError,
+        command: LeadCommand | None,
+        failed: Failures | None = None,
+    ) -> str:
         attempt = Attempt(
             at=time.time(),
             error=exc.message,
@@ -367,13 +425,15 @@ class Deliverer:
         attempts = await deliveries.record_attempt(
             self.redis, record, attempt, "retrying", keyring=self.keyring
         )
-        kind = _kind(exc)
+        kind = failure_kind(exc)
+        also = f"; {failed.reason()}" if failed else ""
         if not exc.retryable:
-            return await self._dead(record, exc.message, command, recorded=True, status=exc.status, kind=kind)
+            reason = exc.message + also
+            return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         delay = self._next_try_in(record, attempts, exc, self.rng)
         if delay is None:
             age_s = record.retry_age_s(time.time())
-            reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}"
+            reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}{also}"
             return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")
@@ -404,7 +464,11 @@ class Deliverer:
         it)."""
         if not recorded:
             attempt = Attempt(
-                at=time.time(), error=reason, retryable=False, command=command.index if command else None
+                at=time.time(),
+                error=reason,
+                retryable=False,
+                status=status,
+                command=command.index if command else None,
             )
             await deliveries.record_attempt(self.redis, record, attempt, "retrying", keyring=self.keyring)
         failed = command.model_dump(mode="json") if command else None
@@ -791,17 +855,84 @@ class Deliverer:
         raise AssertionError("unreachable")
 
 
-def _kind(exc: DeliveryError) -> str:
-    """What kind of failure dead-lettered a delivery, for its log line (never its message)."""
-    if isinstance(exc, UpstreamError):
-        return "upstream"
-    if isinstance(exc, WaitForLink):
-        return "no entry linked"
-    if isinstance(exc, MappingNotLoaded):
-        return "mapping not loaded"
-    if isinstance(exc, MappingError):
-        return "mapping"
-    return "delivery"
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    index: int
+    reason: str
+    kind: str
+    status: int | None
+    command: LeadCommand | None  # None: the element got no command (a failure of its planning)
+
+
+class Failures:
+    """The commands of one delivery that failed for good, each on its own: the others go on, so
+    that one element the mapping cannot map (a state the pool lacks) or the upstream refuses
+    does not hold up the rest of its batch until a replay. A later command for a record whose
+    command failed is held (not sent ahead of it) and fails with it."""
+
+    SHOWN = 10  # failures a reason spells out; the rest are counted
+    # Upstream refusals in a row after which the rest are not tried: a refusal of every body (a
+    # table gone, the key's access to it revoked) must not cost a call per element of a batch.
+    REFUSALS = 5
+
+    def __init__(self, planned: int, link: str, failures: Sequence[ElementFailure] = ()) -> None:
+        self.planned = planned
+        self.items: list[Failure] = []
+        self._records: dict[tuple[str, str], int] = {}  # failed record -> its first failed command
+        self._refused = 0  # upstream refusals since the last command that went
+        for f in failures:
+            self.add(f.index, link, f.key, f.reason, f.kind, f.status, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    @property
+    def first(self) -> Failure:
+        return min(self.items, key=lambda f: f.index)
+
+    def add(
+        self,
+        index: int,
+        link: str,
+        key: str | None,
+        reason: str,
+        kind: str,
+        status: int | None,
+        command: LeadCommand | None,
+    ) -> None:
+        self.items.append(Failure(index, reason, kind, status, command))
+        if key is not None:
+            self._records.setdefault((link, key), index)
+        if kind == "upstream" and command is not None:
+            self._refused += 1
+
+    def went(self) -> None:
+        """A command went through."""
+        self._refused = 0
+
+    def hold_back(self, command: LeadCommand) -> bool:
+        """Whether `command` is not to be sent, recorded then as failed: it comes after a failed
+        command of its record (not sent ahead of it), or the upstream refused the `REFUSALS`
+        commands before it."""
+        before = self._records.get((command.link, command.key)) if command.key is not None else None
+        if before is not None:
+            reason = f"not sent: command {before}, for the same record, failed"
+        elif self._refused >= self.REFUSALS:
+            reason = f"not sent: the upstream refused the {self._refused} commands before it"
+        else:
+            return False
+        self.items.append(Failure(command.index, reason, "held", None, command))
+        return True
+
+    def reason(self) -> str:
+        """The dead letter's reason: the one failure as it is, or each failure by command."""
+        items = sorted(self.items, key=lambda f: f.index)
+        if self.planned == 1 and len(items) == 1:
+            return items[0].reason
+        listed = "; ".join(f"command {f.index}: {f.reason}" for f in items[: self.SHOWN])
+        more = f"; and {len(items) - self.SHOWN} more" if len(items) > self.SHOWN else ""
+        went = "the others went through" if len(items) < self.planned else "none went through"
+        return f"{len(items)} of {self.planned} commands failed for good ({went}): {listed}{more}"
 
 
 def _pins(idem: str) -> list[str]:

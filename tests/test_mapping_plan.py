@@ -138,6 +138,61 @@ async def test_enrich_of_a_non_object_element_and_fetch_errors_propagate(tmp_pat
         await mapping.plan({"ids": [1]}, enrich=failing)
 
 
+async def test_isolate_leaves_out_elements_that_fail_for_good_and_says_why(tmp_path: Path) -> None:
+    mapping = build(
+        tmp_path,
+        {
+            "action": "upsert",
+            "each": "items",
+            "key": "id",
+            "lead": {"data": {"email": {"path": "email", "required": True}}},
+        },
+    )
+    items = [{"id": 1, "email": "a@x.io"}, {"id": 2}, {"email": "c@x.io"}, {"id": 4, "email": "d@x.io"}]
+    payload = {"items": items}
+    with pytest.raises(MappingError):  # without `isolate` (the dry run), the first failure raises
+        await mapping.plan(payload)
+    plan = await mapping.plan(payload, isolate=True)
+    assert [c.index for c in plan.commands] == [0, 3]
+    assert [(f.index, f.key, f.kind) for f in plan.failures] == [(1, "2", "mapping"), (2, None, "mapping")]
+    assert plan.failures[0].reason.startswith("mapping error: lead.data.email")
+    assert plan.failures[1].reason.startswith("mapping error: key")
+    assert all(f.element and f.element.startswith("e") for f in plan.failures)
+    assert "failures" not in plan.model_dump()  # the dry run's JSON is as it was
+
+
+async def test_isolate_leaves_a_refused_enrich_out_and_still_raises_one_to_retry(tmp_path: Path) -> None:
+    mapping = build(
+        tmp_path,
+        {
+            "each": "ids",
+            "enrich": {"url": "https://x.example/{@}", "as": "r"},
+            "lead": {"data": {"n": "r.n"}},
+        },
+    )
+
+    async def gone_or_down(url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
+        if url.endswith("/2"):
+            raise UpstreamError("enrich fetch answered 404", retryable=False, status=404)
+        if url.endswith("/3"):
+            raise UpstreamError("enrich fetch answered 503", retryable=True, status=503)
+        return {"n": url[-1]}
+
+    plan = await mapping.plan({"ids": [1, 2]}, enrich=gone_or_down, isolate=True)
+    assert [c.data for c in plan.commands] == [{"n": "1"}]
+    assert [(f.index, f.kind, f.status, f.reason) for f in plan.failures] == [
+        (1, "upstream", 404, "enrich fetch answered 404")
+    ]
+    with pytest.raises(UpstreamError):  # may pass: the whole delivery is tried again
+        await mapping.plan({"ids": [1, 3]}, enrich=gone_or_down, isolate=True)
+
+
+async def test_isolate_does_not_apply_without_each(tmp_path: Path) -> None:
+    mapping = build(tmp_path, {"lead": {"data": {"email": {"path": "email", "required": True}}}})
+    with pytest.raises(MappingError):
+        await mapping.plan({}, isolate=True)
+
+
 SECRET_VALUE = "Zq9-unique-payload-value"
 
 

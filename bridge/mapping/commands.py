@@ -59,6 +59,19 @@ class LeadCommand(BaseModel):
         return self.state is None and not self.data and not self.custom_fields and not self.extras
 
 
+class ElementFailure(BaseModel):
+    """An `each` element the mapping could not turn into a command (planned with `isolate`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0, description="the element's position in its delivery")
+    element: str | None = Field(default=None, description="its identity (`elements.element_ids`)")
+    key: str | None = Field(default=None, description="its record's key, where that much resolved")
+    reason: str = Field(description="as a dead letter states it (names fields, never values)")
+    kind: str = Field(description="mapping, upstream (an enrich fetch), ...: for logs")
+    status: int | None = Field(default=None, description="an enrich source's HTTP status")
+
+
 class Plan(BaseModel):
     """The result of running one mapping over one delivery's payload."""
 
@@ -66,3 +79,8 @@ class Plan(BaseModel):
 
     ignored: bool = Field(default=False, description="the mapping's `when` was falsy")
     commands: list[LeadCommand] = Field(default_factory=list)
+    failures: list[ElementFailure] = Field(
+        default_factory=list,
+        exclude=True,
+        description="elements that failed for good, each on its own (`plan(isolate=True)`, the worker's)",
+    )

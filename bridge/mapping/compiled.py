@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from bridge.errors import MappingError
-from bridge.mapping.commands import EXTRA_FIELDS, LeadCommand, Plan
+from bridge.errors import DeliveryError, MappingError, dead_reason, failure_kind
+from bridge.mapping.commands import EXTRA_FIELDS, ElementFailure, LeadCommand, Plan
 from bridge.mapping.elements import element_ids
 from bridge.mapping.expressions import Compiler, Expr, truthy
 from bridge.mapping.models import URL_PART, EnrichSpec, MappingFile, ValueObject
@@ -148,9 +148,13 @@ class CompiledMapping:
         enrich: EnrichFetcher | None = None,
         max_commands: int = 100,
         skip: Callable[[int, str | None], bool] | None = None,
+        isolate: bool = False,
     ) -> Plan:
         """`skip(index, element_id)`: an element whose command an earlier run of the delivery
-        applied; it gets no command, and no `enrich` fetch."""
+        applied; it gets no command, and no `enrich` fetch. With `isolate` (the worker), an `each`
+        element that fails for good (a mapping error, an enrich source refusing its record) is
+        left out with its reason in `Plan.failures`, so that it does not hold up the others; a
+        failure that may pass (an enrich fetch to retry) still raises."""
         if self._when is not None and not truthy(self._when(payload)):
             return Plan.model_construct(ignored=True, commands=[])
         if self._each is None:
@@ -168,6 +172,7 @@ class CompiledMapping:
             raise MappingError("enrich: this mapping fetches records, but no fetcher was given")
         ids = element_ids(elements) if self._each is not None else None
         commands: list[LeadCommand] = []
+        failures: list[ElementFailure] = []
         for index, element in enumerate(elements):
             element_id = ids[index] if ids is not None else None
             if skip is not None and skip(index, element_id):
@@ -175,11 +180,35 @@ class CompiledMapping:
                 # dead-letter the delivery for a lead already delivered, and with it the
                 # elements still owed, for good (a replay would fetch it again).
                 continue
-            if self.enrich is not None:
-                assert enrich is not None
-                element = await self.enrich.apply(element, enrich)
-            commands.append(self.command(index, element, element_id))
-        return Plan.model_construct(ignored=False, commands=commands)
+            try:
+                if self.enrich is not None:
+                    assert enrich is not None
+                    element = await self.enrich.apply(element, enrich)
+                commands.append(self.command(index, element, element_id))
+            except DeliveryError as exc:
+                if not isolate or ids is None or exc.retryable:
+                    raise
+                failures.append(
+                    ElementFailure.model_construct(
+                        index=index,
+                        element=element_id,
+                        key=self._key_of(element),
+                        reason=dead_reason(exc),
+                        kind=failure_kind(exc),
+                        status=exc.status,
+                    )
+                )
+        return Plan.model_construct(ignored=False, commands=commands, failures=failures)
+
+    def _key_of(self, element: Any) -> str | None:
+        """An element's key where it resolves (None where it does not, or raises)."""
+        if self._key is None:
+            return None
+        try:
+            raw = self._key(element)
+            return None if raw is OMIT else _text(raw, "key")
+        except DeliveryError:
+            return None
 
     def command(self, index: int, element: Any, element_id: str | None = None) -> LeadCommand:
         """The lead command for one (enriched) element; `element_id`: its identity (`each`)."""
