@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,7 +19,12 @@ from starlette.types import Receive, Scope, Send
 
 from bridge.errors import InboundError
 from bridge.http import admin, health, hooks, openapi
-from bridge.http.responses import inbound_error_handler, not_found_handler, queue_error_handler
+from bridge.http.responses import (
+    inbound_error_handler,
+    not_found_handler,
+    queue_error_handler,
+    queue_reply_handler,
+)
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 
@@ -98,6 +104,8 @@ def create_app(
             # its maxmemory (OOM). A webhook is a 503 then, and so is a replay.
             RedisReadOnlyError: queue_error_handler,
             RedisOutOfMemoryError: queue_error_handler,
+            # BUSY, MASTERDOWN, ...: a 503 too; any other refusal is a bug, a 500.
+            RedisResponseError: queue_reply_handler,
         },
     )
     if runtime is not None:

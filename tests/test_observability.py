@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
+from bridge.http.responses import queue_reply_handler
 from bridge.logs import JSONFormatter
 from bridge.queue import deliveries
 from bridge.queue.embedded import EmbeddedValkey
@@ -137,6 +143,59 @@ async def test_readiness_flips_when_the_queue_stops(tmp_path: Path) -> None:
         await until(ready, timeout_s=15)
         again = await pipe.post("contact", raw, sign(raw))
         assert again.status_code == 202
+
+
+async def test_admin_reads_of_a_queue_that_cannot_serve_now_are_a_503(tmp_path: Path) -> None:
+    # Error replies redis-py raises as a bare ResponseError: a replica cut off from its primary
+    # with stale reads off (MASTERDOWN), a script running past busy-reply-threshold (BUSY).
+    async with _own_queue(tmp_path) as (server, pipe):
+        listing = f"{pipe.url}/admin/dlq"
+        token = {"authorization": "Bearer admin-tok"}
+
+        async def answer() -> httpx.Response:
+            return await pipe.http.get(listing, headers=token)
+
+        assert (await answer()).status_code == 200
+        await pipe.redis.config_set("replica-serve-stale-data", "no")
+        await pipe.redis.execute_command("REPLICAOF", "127.0.0.1", "1")
+        try:
+            refused = await answer()
+            assert refused.status_code == 503, refused.text
+            assert refused.json() == {"status": "error", "error": "queue unavailable; retry later"}
+        finally:
+            await pipe.redis.execute_command("REPLICAOF", "NO", "ONE")
+        await pipe.redis.config_set("busy-reply-threshold", "10")
+        blocker = Redis.from_url(server.url)
+        looping = asyncio.ensure_future(blocker.eval("while true do end", 0))
+        try:
+
+            async def busy() -> httpx.Response | None:
+                found = await answer()
+                return found if found.status_code != 200 else None
+
+            refused = await until(busy)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"]
+        finally:
+            await until(lambda: _killed(pipe.redis))
+            with contextlib.suppress(RedisError):
+                await looping
+            await blocker.aclose()
+        assert (await answer()).status_code == 200
+
+
+async def test_another_refusal_of_the_queue_stays_a_server_error() -> None:
+    wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    with pytest.raises(ResponseError):  # a bug of ours: a 500, its stack logged
+        await queue_reply_handler(None, wrong)  # type: ignore[arg-type]
+
+
+async def _killed(redis: Redis) -> bool:
+    try:
+        await redis.script_kill()
+    except RedisError as exc:
+        return "NOTBUSY" in str(exc)  # nothing (left) to kill
+    return True
 
 
 async def test_admin_writes_refused_by_the_queue_are_a_503_not_a_500(tmp_path: Path) -> None:

@@ -39,6 +39,20 @@ async def queue_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(QueueUnavailable())
 
 
+# Error replies of a server that is there but cannot serve now, which redis-py raises as a bare
+# ResponseError: a script running past busy-reply-threshold (BUSY), a replica cut off from its
+# primary with replica-serve-stale-data off (MASTERDOWN), a cluster mid-failover.
+_UNAVAILABLE_REPLIES = ("BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+
+
+async def queue_reply_handler(request: Request, exc: Exception) -> Response:
+    """A command the queue refused: unavailable for now (`_UNAVAILABLE_REPLIES`, a 503 as in
+    `queue_error_handler`), or a bug (raised on: a 500, logged with its stack)."""
+    if str(exc).startswith(_UNAVAILABLE_REPLIES):
+        return error_response(QueueUnavailable())
+    raise exc
+
+
 async def not_found_handler(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     reason = {404: "not found", 405: "method not allowed"}.get(status, "error")
