@@ -14,21 +14,10 @@ import orjson
 from bridge.queue import deliveries
 from bridge.worker import Failures
 from tests.pipeline import Pipeline, sign
-from tests.test_semantics import HEADER, _pipeline
+from tests.test_delivery_each_reorder import EACH, _emails
+from tests.test_semantics import _pipeline
 
-BATCH = (
-    HEADER
-    + """\
-name: batch
-action: upsert
-each: items
-key: id
-lead:
-  state: state
-  data:
-    email: email
-"""
-)
+BATCH = EACH  # upsert by `id`, `state: state`, `email: email`
 FIXED = BATCH.replace("  state: state\n", "")  # the repair: no state from the payload
 REFUSED = FIXED + "  appointment_type: appt\n"  # a number: the upstream refuses it (400)
 WENT = "commands failed for good (the others went through)"
@@ -46,10 +35,6 @@ async def _dead(pipe: Pipeline, delivery_id: str) -> deliveries.DeliveryRecord:
     record = await deliveries.load(pipe.redis, delivery_id)
     assert record is not None
     return record
-
-
-async def _emails(pipe: Pipeline) -> list[str]:
-    return sorted(e["data"].get("email") for e in await pipe.entries())
 
 
 async def _added(pipe: Pipeline) -> int:
