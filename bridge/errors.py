@@ -128,6 +128,9 @@ class DeliveryError(BridgeError):
     """A delivery could not be turned into lead calls (yet)."""
 
     retryable: bool = False
+    # About the delivery as a whole, not one `each` element of it: never set aside on its own
+    # (the worker's `Failures`, `CompiledMapping.plan(isolate=True)`), it stops the delivery.
+    whole: bool = False
 
     def __init__(
         self,
@@ -136,11 +139,14 @@ class DeliveryError(BridgeError):
         retryable: bool | None = None,
         retry_after_s: float | None = None,
         status: int | None = None,
+        whole: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if retryable is not None:
             self.retryable = retryable
+        if whole is not None:
+            self.whole = whole
         self.retry_after_s = retry_after_s
         self.status = status
 

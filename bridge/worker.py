@@ -283,6 +283,7 @@ class Deliverer:
             owed = plan.commands  # those done already were left out of the plan (`_plan`)
             records = [(c.link, c.key) for c in owed if c.key is not None]
             pending: Registration | None = None
+            previous = record.registered
             if owed and owed[0].key is not None:
                 # Joined in the first command's own first round trip (`Ordering.turn`).
                 pending = Registration.of(record.id, record.mapping, records, record.registered)
@@ -299,6 +300,14 @@ class Deliverer:
             for command in owed:
                 if failed.hold_back(command):
                     continue  # after a command of its record that failed: not ahead of it
+                if pending is not None and command.key is None:
+                    # The first command, which was to join with its turn, was held back, and
+                    # this one has no turn: joined now (else, left `unplanned`, a retry would
+                    # hold up every record of its link group until its next try).
+                    record.registered = await self.ordering.register(
+                        record.id, record.mapping, record.seq, records, previous=previous
+                    )
+                    pending = None
                 last = last_index.get((command.link, command.key)) == command.index
                 try:
                     finished = await self._apply_once(
@@ -306,7 +315,7 @@ class Deliverer:
                     )
                     failed.went()
                 except DeliveryError as exc:
-                    if exc.retryable:
+                    if exc.retryable or exc.whole:
                         raise
                     await self._failed_alone(record, command, exc, failed)
                 finally:
@@ -348,11 +357,15 @@ class Deliverer:
             return _by_position(done)
         if not (record.attempts or record.replayed_at is not None or record.cut or record.unfinished > 1):
             return False  # its first run: nothing went yet
+        # Those that failed planning too (`Plan.failures`): one may be what that run sent; its
+        # replay, once the mapping is fixed, must send it under the position's key.
+        planned = [(c.index, c.element) for c in plan.commands]
+        planned += [(f.index, f.element) for f in plan.failures]
         pins = [
             pin
-            for c in plan.commands
-            if c.element is not None
-            for pin in _pins(idempotency_key(record.mapping, record.event_id, str(c.index), ""))
+            for index, element in planned
+            if element is not None
+            for pin in _pins(idempotency_key(record.mapping, record.event_id, str(index), ""))
         ]
         return bool(pins) and bool(await self.redis.exists(*pins))
 
@@ -402,11 +415,17 @@ class Deliverer:
         """Dead-letter a delivery whose every command was tried and some failed for good: on
         replay, only those (and any held behind them) go, the others are on record as done."""
         first = failed.first
-        for other in failed.items:
-            if other is not first:  # `_dead` counts that one
+        self._count_dead(record, failed, but=first)  # `_dead` counts that one
+        return await self._dead(record, failed.reason(), first.command, status=first.status, kind=first.kind)
+
+    def _count_dead(
+        self, record: DeliveryRecord, failed: Failures | None, but: Failure | None = None
+    ) -> None:
+        """Count dead the commands that failed for good (or were held) in a delivery dead-lettered."""
+        for other in failed.items if failed else ():
+            if other is not but:
                 action = other.command.action if other.command else "none"
                 self.metrics.count_command(record.mapping, action, "dead")
-        return await self._dead(record, failed.reason(), first.command, status=first.status, kind=first.kind)
 
     async def _failed(
         self,
@@ -426,14 +445,17 @@ class Deliverer:
             self.redis, record, attempt, "retrying", keyring=self.keyring
         )
         kind = failure_kind(exc)
-        also = f"; {failed.reason()}" if failed else ""
+        # Those that had failed for good before it: the rest of the delivery was not tried.
+        also = f"; {failed.reason(stopped=True)}" if failed else ""
         if not exc.retryable:
             reason = exc.message + also
+            self._count_dead(record, failed)
             return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         delay = self._next_try_in(record, attempts, exc, self.rng)
         if delay is None:
             age_s = record.retry_age_s(time.time())
             reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}{also}"
+            self._count_dead(record, failed)
             return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")
@@ -754,7 +776,9 @@ class Deliverer:
         )
         entry_id = entry.get("id")
         if entry_id is None:
-            raise UpstreamError("create answered without an entry id", retryable=False)
+            # Not about this element: the upstream made a lead it gives no id for, and would
+            # for every create of a batch (leads that no record links): the delivery stops.
+            raise UpstreamError("create answered without an entry id", retryable=False, whole=True)
         if later:
             if on_created is not None:
                 await on_created(str(entry_id))
@@ -902,7 +926,8 @@ class Failures:
     ) -> None:
         self.items.append(Failure(index, reason, kind, status, command))
         if key is not None:
-            self._records.setdefault((link, key), index)
+            # its earliest: a planning failure (all known before any command goes) may come later
+            self._records[(link, key)] = min(index, self._records.get((link, key), index))
         if kind == "upstream" and command is not None:
             self._refused += 1
 
@@ -915,7 +940,7 @@ class Failures:
         command of its record (not sent ahead of it), or the upstream refused the `REFUSALS`
         commands before it."""
         before = self._records.get((command.link, command.key)) if command.key is not None else None
-        if before is not None:
+        if before is not None and before < command.index:
             reason = f"not sent: command {before}, for the same record, failed"
         elif self._refused >= self.REFUSALS:
             reason = f"not sent: the upstream refused the {self._refused} commands before it"
@@ -924,14 +949,19 @@ class Failures:
         self.items.append(Failure(command.index, reason, "held", None, command))
         return True
 
-    def reason(self) -> str:
-        """The dead letter's reason: the one failure as it is, or each failure by command."""
+    def reason(self, *, stopped: bool = False) -> str:
+        """The dead letter's reason: the one failure as it is, or each failure by command.
+        `stopped`: the delivery stopped at another failure (`Deliverer._failed`), so not every
+        other command was tried."""
         items = sorted(self.items, key=lambda f: f.index)
-        if self.planned == 1 and len(items) == 1:
+        if self.planned == 1 and len(items) == 1 and not stopped:
             return items[0].reason
         listed = "; ".join(f"command {f.index}: {f.reason}" for f in items[: self.SHOWN])
         more = f"; and {len(items) - self.SHOWN} more" if len(items) > self.SHOWN else ""
-        went = "the others went through" if len(items) < self.planned else "none went through"
+        if stopped:
+            went = "before it stopped"
+        else:
+            went = "the others went through" if len(items) < self.planned else "none went through"
         return f"{len(items)} of {self.planned} commands failed for good ({went}): {listed}{more}"
 
 

@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from bridge.queue import deliveries
+from bridge import worker
+from bridge.errors import MappingError
+from bridge.mapping.commands import ElementFailure, LeadCommand
+from bridge.mapping.compiled import CompiledMapping
+from bridge.queue import arq_adapter, deliveries, ordering
 from bridge.worker import Failures
-from tests.pipeline import Pipeline, sign
+from tests.pipeline import SECRET, Pipeline, pipeline, sign
+from tests.servers import until
 from tests.test_delivery_each_reorder import EACH, _emails
 from tests.test_semantics import _pipeline
 
@@ -152,7 +161,7 @@ async def test_a_command_that_keeps_failing_names_the_ones_that_failed_for_good_
         record = await _dead(pipe, await _post(pipe, items))
         assert record.reason is not None
         assert record.reason.startswith("gave up after 1 attempts")
-        assert "; 1 of 2 commands failed for good (the others went through): command 0: mapping error" in (
+        assert "; 1 of 2 commands failed for good (before it stopped): command 0: mapping error" in (
             record.reason
         )
 
@@ -169,3 +178,209 @@ def test_a_reason_spells_out_ten_failures_and_counts_the_rest() -> None:
     alone = Failures(1, "m")
     alone.add(0, "m", None, "mapping error: key: resolved to null", "mapping", None, None)
     assert alone.reason() == "mapping error: key: resolved to null"  # a delivery's one command
+
+
+# -- review: what the isolation must not break ---------------------------------------------------
+
+CREATES = BATCH.replace("action: upsert", "action: create").replace("  state: state\n", "")
+
+
+def _dead_count(pipe: Pipeline, action: str = "upsert") -> float:
+    value = pipe.runtime.metrics.registry.get_sample_value(
+        "leadbridge_commands_total", {"mapping": "batch", "action": action, "outcome": "dead"}
+    )
+    return value or 0.0
+
+
+async def test_the_last_commands_end_never_marks_a_batch_delivered_when_an_earlier_one_failed(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last command's end script finishes the delivery (delivered, its arq job gone) in one
+    # step: after a failed command, a worker dying before the dead letter would lose that lead.
+    seen: list[str | None] = []
+    dead_for = worker.Deliverer._dead_for
+
+    async def spying(self: worker.Deliverer, record: Any, failed: Failures) -> str:
+        seen.append(await deliveries.status_of(self.redis, record.id))
+        seen.append("job" if await self.redis.exists(arq_adapter.in_progress_key(record.id)) else "no job")
+        return await dead_for(self, record, failed)
+
+    monkeypatch.setattr(worker.Deliverer, "_dead_for", spying)
+    items = [
+        {"id": 1, "email": "a@example.com", "state": "No such state"},
+        {"id": 2, "email": "b@example.com"},
+    ]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": BATCH}) as pipe:
+        await _dead(pipe, await _post(pipe, items))
+        assert await _emails(pipe) == ["b@example.com"]
+        assert seen[0] != "delivered"
+        assert seen[1] == "job"
+
+
+async def test_an_earlier_command_for_the_record_of_a_later_failed_element_goes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Only a *later* command is held behind a failed one: record 7's first event goes, its
+    # second (a required field null) fails. Held too, it would wait for the mapping's fix.
+    required = FIXED.replace("    email: email\n", "    email: {path: email, required: true}\n")
+    items: list[dict[str, Any]] = [
+        {"id": 7, "email": "a@example.com"},
+        {"id": 8, "email": "b@example.com"},
+        {"id": 7},
+    ]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": required}) as pipe:
+        record = await _dead(pipe, await _post(pipe, items))
+        assert await _emails(pipe) == ["a@example.com", "b@example.com"]
+        assert record.reason is not None
+        assert record.reason.startswith(f"1 of 3 {WENT}: command 2: ")
+
+
+def test_a_record_held_behind_its_first_failed_command_whichever_failed_first() -> None:
+    # Command 5 (record k) failed planning; command 2 (record k) fails when sent: 3 is held.
+    failed = Failures(6, "m", [ElementFailure(index=5, key="k", reason="r", kind="mapping")])
+    command = LeadCommand(mapping="m", index=0, action="upsert", table="t", link="m", key="k")
+    assert not failed.hold_back(command)  # before either failure: it goes
+    failed.add(2, "m", "k", "refused", "upstream", 400, command.model_copy(update={"index": 2}))
+    assert failed.hold_back(command.model_copy(update={"index": 3}))
+    assert "command 3: not sent: command 2, for the same record, failed" in failed.reason()
+
+
+async def test_a_held_back_first_command_does_not_keep_the_delivery_unplanned(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Record 7's first element fails planning, its second (the first owed) is held back: the
+    # delivery's registration, which goes with the first command's turn, must still be made when
+    # the next command is unkeyed. Left in `unplanned`, a retrying delivery holds up every
+    # record of its link group until its next try.
+    required = CREATES.replace("    email: email\n", "    email: {path: email, required: true}\n")
+    items: list[dict[str, Any]] = [{"id": 7}, {"id": 7, "email": "a@example.com"}, {"email": "b@example.com"}]
+    async with _pipeline(
+        redis_url, tmp_path, {"batch.yaml": required}, BRIDGE_RETRY_BASE_S=30, BRIDGE_RETRY_MAX_DELAY_S=60
+    ) as pipe:
+        await pipe.set_faults(error_rate=1.0)
+        delivery_id = await _post(pipe, items)
+        assert await pipe.wait_status(delivery_id, "retrying") == "retrying"
+        await until(lambda: _job_idle(pipe, delivery_id))
+        assert await pipe.redis.zscore(ordering.unplanned_key("batch"), delivery_id) is None
+
+
+async def _job_idle(pipe: Pipeline, delivery_id: str) -> bool:
+    return not await pipe.redis.exists(arq_adapter.in_progress_key(delivery_id))
+
+
+async def test_a_replay_after_a_planning_failure_does_not_create_twice_what_a_by_position_run_sent(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rolling upgrade: a worker of the earlier version (by position) sent element 0's create,
+    # its answer lost: only its pin under position "0" says so. The retry finds element 0 failing
+    # planning (a mapping reloaded meanwhile): it must still go by position, or the replay after
+    # the fix sends element 0 under its element's key, a second lead.
+    original = worker.slot
+    broken = {"on": False}
+
+    def by_position_first(record: deliveries.DeliveryRecord, command: LeadCommand) -> str:
+        # the earlier version's worker: the first try (a replay's attempts are 0 again)
+        return str(command.index) if record.attempts == 0 and not broken["on"] else original(record, command)
+
+    command = CompiledMapping.command
+
+    def failing(
+        self: CompiledMapping, index: int, element: Any, element_id: str | None = None
+    ) -> LeadCommand:
+        if broken["on"] and index == 0:
+            raise MappingError("lead.data.email: required but resolved to null")
+        return command(self, index, element, element_id)
+
+    monkeypatch.setattr(worker, "slot", by_position_first)
+    monkeypatch.setattr(CompiledMapping, "command", failing)
+    items = [{"email": "a@example.com"}, {"email": "b@example.com"}]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": CREATES}, BRIDGE_RETRY_BASE_S=0.05) as pipe:
+        await pipe.set_faults(lost_response_rate=1.0, timeout_s=1.0)
+        delivery_id = await _post(pipe, items)
+        await until(pipe.entries)  # element 0 created, its answer not back yet
+        broken["on"] = True
+        await pipe.set_faults()
+        await _dead(pipe, delivery_id)
+        assert await _emails(pipe) == ["a@example.com", "b@example.com"]
+        broken["on"] = False
+        monkeypatch.setattr(worker, "slot", original)
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        assert await pipe.wait_status(delivery_id, "delivered", "dead") == "delivered"
+        assert await _emails(pipe) == ["a@example.com", "b@example.com"]
+
+
+async def test_a_create_answered_without_an_entry_id_stops_the_whole_batch(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Not about one element: the upstream took the create (a lead made) and gave no id to link.
+    # Every further create of the batch would make another lead that no record links.
+    posts: list[bytes] = []
+
+    async def no_id(request: Request) -> Response:
+        posts.append(await request.body())
+        return Response(b"{}", 201, media_type="application/json")
+
+    items = [{"id": n, "email": f"{n}@example.com"} for n in range(3)]
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"batch.yaml": FIXED},
+        environ={"CONTACT_SECRET": SECRET},
+        upstream_routes=[Route("/connect/table_entries", no_id, methods=["POST"])],
+    ) as pipe:
+        record = await _dead(pipe, await _post(pipe, items))
+        assert len(posts) == 1
+        assert record.reason is not None
+        assert record.reason.startswith("create answered without an entry id")
+
+
+async def test_a_custom_field_the_table_lacks_stops_the_whole_batch(redis_url: str, tmp_path: Path) -> None:
+    # The field's name is the mapping's: every element would fail alike, each after a table
+    # refresh. The first failure stops the delivery, its reason as it was before isolation.
+    lacking = FIXED + "  custom_fields:\n    No Such Field: email\n"
+    items = [{"id": n, "email": f"{n}@example.com"} for n in range(3)]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": lacking}) as pipe:
+        record = await _dead(pipe, await _post(pipe, items))
+        assert record.reason is not None
+        assert record.reason.startswith("mapping error: table ")
+        assert record.reason.endswith("has no custom field 'No Such Field'")
+        assert record.failed_command is not None
+        assert record.failed_command["index"] == 0
+        assert await pipe.entries() == []
+
+
+async def test_giving_up_after_permanent_failures_says_what_went_and_counts_them_dead(
+    redis_url: str, tmp_path: Path
+) -> None:
+    items = [
+        {"id": 1, "email": "a@example.com", "state": "No such state"},
+        {"id": 2, "email": "b@example.com"},
+        {"id": 3, "email": "c@example.com"},
+    ]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": BATCH}, BRIDGE_RETRY_MAX_ATTEMPTS=1) as pipe:
+        await pipe.set_faults(error_rate=1.0)
+        record = await _dead(pipe, await _post(pipe, items))
+        assert record.reason is not None
+        assert "went through" not in record.reason  # command 1 did not, command 2 was not tried
+        await until(lambda: _job_idle(pipe, record.id))  # counted after the dead letter
+        assert _dead_count(pipe) == 2  # command 0 (failed for good) and command 1 (gave up)
+
+
+@pytest.mark.parametrize(("status", "calls"), [(401, 1), (404, 3)])
+async def test_an_enrich_source_refusing_our_token_is_not_asked_for_every_element(
+    redis_url: str, tmp_path: Path, status: int, calls: int
+) -> None:
+    # A 401 is the source refusing the mapping's token, every record alike: the delivery stops
+    # at once (docs/mappings.md). A 404 is one record's: the others are still fetched.
+    from tests.test_enrich import PAYLOADS, meta_pipeline, post_meta
+
+    payload = orjson.loads((PAYLOADS / "meta-lead-ads-form.json").read_bytes())
+    change = payload["entry"][0]["changes"][0]
+    payload["entry"][0]["changes"] = [
+        {**change, "value": {**change["value"], "leadgen_id": str(n)}} for n in range(3)
+    ]
+    async with meta_pipeline(redis_url, tmp_path) as (pipe, graph):
+        graph.status = status
+        delivery_id = await post_meta(pipe, orjson.dumps(payload))
+        assert await pipe.wait_status(delivery_id, "dead") == "dead"
+        assert len(graph.calls) == calls

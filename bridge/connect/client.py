@@ -186,6 +186,8 @@ class EnrichClient:
                 retryable=outcome.retryable,
                 retry_after_s=outcome.retry_after_s,
                 status=status,
+                # the source refuses the mapping's token, for every record alike: not one element's
+                whole=status == 401,
             )
         if body is None:
             # The same record would be as large on every try: dead-lettered, replayable once the

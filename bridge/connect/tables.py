@@ -127,8 +127,10 @@ class TableCache:
                     f"table {table_id} has more than one lead state named {name_or_id!r} "
                     "(but for case or spaces): give its exact name or its id"
                 )
-            what = "a default lead state" if name_or_id is None else f"lead state {name_or_id!r}"
-            raise MappingError(f"table {table_id} has no {what}")
+            if name_or_id is None:
+                # the table's, not one element's: every command without a state fails alike
+                raise MappingError(f"table {table_id} has no default lead state", whole=True)
+            raise MappingError(f"table {table_id} has no lead state {name_or_id!r}")
         return resolved
 
     async def resolve_fields(self, table_id: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +146,11 @@ class TableCache:
             if field_id is None and info.fields_by_name.ambiguous(name):
                 raise MappingError(
                     f"table {table_id} has more than one custom field named {name!r} "
-                    "(but for case or spaces): give its exact name or its id"
+                    "(but for case or spaces): give its exact name or its id",
+                    whole=True,  # the names are the mapping's: every command fails alike
                 )
             if field_id is None:
-                raise MappingError(f"table {table_id} has no custom field {name!r}")
+                raise MappingError(f"table {table_id} has no custom field {name!r}", whole=True)
             resolved[field_id] = value
         return resolved
 

@@ -186,7 +186,7 @@ class CompiledMapping:
                     element = await self.enrich.apply(element, enrich)
                 commands.append(self.command(index, element, element_id))
             except DeliveryError as exc:
-                if not isolate or ids is None or exc.retryable:
+                if not isolate or ids is None or exc.retryable or exc.whole:
                     raise
                 failures.append(
                     ElementFailure.model_construct(
