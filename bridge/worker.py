@@ -326,11 +326,13 @@ class Deliverer:
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None, kind="payload")
         except MappingError as exc:
-            return await self._dead(record, f"mapping error: {exc.message}", command, kind="mapping")
+            # (in the loop, one about the whole delivery, `DeliveryError.whole`: after others?)
+            reason = f"mapping error: {exc.message}"
+            return await self._dead(record, reason, command, kind="mapping", stopped=failed)
         except Deferred as exc:
             if self._outlives_record(record, exc.defer_s):
                 reason = f"put back for longer than BRIDGE_RETENTION_S keeps it: {exc.message}"
-                return await self._dead(record, reason, command, kind="held too long")
+                return await self._dead(record, reason, command, kind="held too long", stopped=failed)
             raise await self._deferral(record, exc) from None
         except WaitForLink as exc:
             if command is not None and command.key is not None:
@@ -445,18 +447,15 @@ class Deliverer:
             self.redis, record, attempt, "retrying", keyring=self.keyring
         )
         kind = failure_kind(exc)
-        # Those that had failed for good before it: the rest of the delivery was not tried.
-        also = f"; {failed.reason(stopped=True)}" if failed else ""
+        dead = functools.partial(
+            self._dead, record, command=command, recorded=True, status=exc.status, kind=kind, stopped=failed
+        )
         if not exc.retryable:
-            reason = exc.message + also
-            self._count_dead(record, failed)
-            return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
+            return await dead(exc.message)
         delay = self._next_try_in(record, attempts, exc, self.rng)
         if delay is None:
             age_s = record.retry_age_s(time.time())
-            reason = f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}{also}"
-            self._count_dead(record, failed)
-            return await self._dead(record, reason, command, recorded=True, status=exc.status, kind=kind)
+            return await dead(f"gave up after {attempts} attempts over {age_s:.0f} s: {exc.message}")
         if command is not None:
             self.metrics.count_command(record.mapping, command.action, "retried")
         log.info(
@@ -479,11 +478,16 @@ class Deliverer:
         recorded: bool = False,
         status: int | None = None,
         kind: str,
+        stopped: Failures | None = None,
     ) -> str:
         """Dead-letter the delivery; unless `_failed` already did, log this attempt in its history.
         The log line names the command, the kind of failure (`kind`: "mapping", "upstream", ...)
         and the upstream's status, not the reason (it may quote a lead's values: `dlq show` has
-        it)."""
+        it). `stopped`: commands that had failed for good before this failure stopped the
+        delivery (the rest was not tried), named in the reason and counted dead too."""
+        if stopped:
+            reason += f"; {stopped.reason(stopped=True)}"
+            self._count_dead(record, stopped)
         if not recorded:
             attempt = Attempt(
                 at=time.time(),

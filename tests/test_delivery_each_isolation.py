@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge import worker
-from bridge.errors import MappingError
+from bridge.errors import MappingError, OrderWait
 from bridge.mapping.commands import ElementFailure, LeadCommand
 from bridge.mapping.compiled import CompiledMapping
 from bridge.queue import arq_adapter, deliveries, ordering
@@ -215,6 +215,40 @@ async def test_the_last_commands_end_never_marks_a_batch_delivered_when_an_earli
         assert await _emails(pipe) == ["b@example.com"]
         assert seen[0] != "delivered"
         assert seen[1] == "job"
+
+
+@pytest.mark.parametrize(
+    ("second", "starts"),
+    [
+        (MappingError("table t has no custom field 'f'", whole=True), "mapping error: table t has no"),
+        (OrderWait("an earlier delivery for the same record goes first", defer_s=5.0), "put back for longer"),
+    ],
+    ids=["whole", "held-too-long"],
+)
+async def test_a_stop_after_failures_for_good_names_them_too(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: Exception, starts: str
+) -> None:
+    # Command 0 fails for good, command 1 stops the delivery: a failure about all of it, or a
+    # deferral past what BRIDGE_RETENTION_S keeps. The dead letter names command 0 as well.
+    apply_once = worker.Deliverer._apply_once
+
+    async def failing(self: worker.Deliverer, record: Any, command: LeadCommand, *a: Any, **k: Any) -> bool:
+        if command.index == 0:
+            raise MappingError("lead.state: no such state")
+        if command.index == 1:
+            raise second
+        return await apply_once(self, record, command, *a, **k)
+
+    monkeypatch.setattr(worker.Deliverer, "_apply_once", failing)
+    monkeypatch.setattr(worker.Deliverer, "_outlives_record", lambda self, record, delay_s: True)
+    items = [{"id": n, "email": f"{n}@example.com"} for n in range(3)]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": FIXED}) as pipe:
+        record = await _dead(pipe, await _post(pipe, items))
+        assert record.reason is not None
+        assert record.reason.startswith(starts)
+        stopped = "; 1 of 3 commands failed for good (before it stopped): command 0: mapping error: "
+        assert record.reason.endswith(stopped + "lead.state: no such state")
+        assert _dead_count(pipe) == 2.0
 
 
 async def test_an_earlier_command_for_the_record_of_a_later_failed_element_goes(
