@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge.connect.tables import TableCache
+from bridge.connect.tables import MIN_REFRESH_S, TableCache
 from bridge.errors import MappingError
 from bridge.mapping.loader import load_all
 from bridge.mapping.transforms import format_datetime, parse_datetime, to_boolean, to_number
@@ -172,6 +172,31 @@ async def test_a_name_two_states_share_but_for_case_is_an_error_not_a_pick() -> 
         await cache.resolve_state("t1", "WON")
     with pytest.raises(MappingError, match="more than one custom field named 'BUDGET'"):
         await cache.resolve_fields("t1", {"BUDGET": 5})
+
+
+async def test_a_name_that_does_not_resolve_rereads_the_table_at_most_once_a_second() -> None:
+    # A batch whose every element names a state the pool lacks: one read for the batch, not two
+    # per element. A state added to the pool meanwhile is found once the table is a second old.
+    states = [{"id": "s1", "name": "New", "default": True}]
+    reads: list[str] = []
+    now = [100.0]
+
+    async def fetch(table_id: str) -> dict[str, Any]:
+        reads.append(table_id)
+        return {"id": table_id, "leadStates": list(states), "customFields": []}
+
+    cache = TableCache(fetch, ttl_s=60, clock=lambda: now[0])
+    for _ in range(50):
+        with pytest.raises(MappingError, match="has no lead state 'Won'"):
+            await cache.resolve_state("t1", "Won")
+    assert reads == ["t1"]
+    states.append({"id": "s2", "name": "Won"})
+    now[0] += MIN_REFRESH_S
+    assert await cache.resolve_state("t1", "Won") == "s2"
+    assert reads == ["t1", "t1"]
+    cache.invalidate("t1")  # after an upstream 400: read at once
+    assert await cache.resolve_state("t1", "New") == "s1"
+    assert len(reads) == 3
 
 
 async def test_names_compare_with_accents_composed() -> None:

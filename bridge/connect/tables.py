@@ -5,7 +5,9 @@ The table response's exact shape is not published: we read `leadStates` (id, nam
 an id resolves to itself. An exact name wins over one that differs only in case; a name that two
 states (or two fields) share, but for case, is an error, never one of them picked at random. A
 name that does not resolve refreshes the cached table once (the pool may have changed) before it
-is an error.
+is an error, unless the table was read less than `MIN_REFRESH_S` ago: a batch whose elements all
+name a state the pool lacks (a CRM stage the mapping does not know yet) reads it once, not once
+per element.
 """
 
 from __future__ import annotations
@@ -95,20 +97,34 @@ class TableInfo:
         return self.fields_by_name.get(name_or_id)
 
 
+MIN_REFRESH_S = 1.0  # a name that does not resolve re-reads a table read longer ago than this
+
+
 class TableCache:
     """Per-process cache of TableInfo with a TTL; `fetch(table_id)` returns the raw table JSON."""
 
-    def __init__(self, fetch: Callable[[str], Awaitable[dict[str, Any]]], ttl_s: float) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[dict[str, Any]]],
+        ttl_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._ttl_s = ttl_s
+        self._clock = clock
         self._entries: dict[str, tuple[TableInfo, float]] = {}
 
     async def get(self, table_id: str, *, refresh: bool = False) -> TableInfo:
+        """The table as cached; with `refresh` (a name did not resolve), read again unless it was
+        read less than MIN_REFRESH_S ago. `invalidate` forces the next read (an upstream 400)."""
         cached = self._entries.get(table_id)
-        if cached and not refresh and time.monotonic() - cached[1] < self._ttl_s:
-            return cached[0]
+        if cached:
+            age_s = self._clock() - cached[1]
+            if age_s < (MIN_REFRESH_S if refresh else self._ttl_s):
+                return cached[0]
         info = TableInfo.from_response(table_id, await self._fetch(table_id))
-        self._entries[table_id] = (info, time.monotonic())
+        self._entries[table_id] = (info, self._clock())
         return info
 
     def invalidate(self, table_id: str) -> None:
