@@ -16,7 +16,8 @@ upstream replays.
 
 Failures (bridge.retry): retryable ones come back after a backoff with full jitter (Retry-After
 as a floor) until the attempts or the window run out; permanent ones (other 4xx, mapping errors)
-go straight to the dead-letter queue with the upstream's message; `Deferred` ones (circuit open,
+go straight to the dead-letter queue with the upstream's message (with `each`, once the other
+commands have gone: `Failures`); `Deferred` ones (circuit open,
 another delivery's turn) come back without counting. A job never ends without a decision: a
 Redis outage puts it back, a job over BRIDGE_JOB_TIMEOUT_S is a retryable failure, and an
 unexpected exception dead-letters the delivery (its type in the reason, the stack in the log).
@@ -326,7 +327,8 @@ class Deliverer:
         except InboundError as exc:
             return await self._dead(record, f"payload no longer parses: {exc.reason}", None, kind="payload")
         except MappingError as exc:
-            # (in the loop, one about the whole delivery, `DeliveryError.whole`: after others?)
+            # From the loop too: one about the whole delivery (`DeliveryError.whole`), perhaps
+            # after others had failed for good (`stopped`).
             reason = f"mapping error: {exc.message}"
             return await self._dead(record, reason, command, kind="mapping", stopped=failed)
         except Deferred as exc:
