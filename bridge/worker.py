@@ -296,7 +296,11 @@ class Deliverer:
             last_index: dict[tuple[str, str | None], int] = {
                 (c.link, c.key): c.index for c in owed if c.key is not None
             }
-            failed = Failures(len(owed) + len(plan.failures), mapping.link, plan.failures)
+            # Counted over the whole batch: a later run owes only what did not go before, and its
+            # dead letter still names each failure as command N of them all (a batch that owes one
+            # command now is no one-command delivery, whose reason is that command's alone).
+            planned = plan.size if plan.size is not None else len(owed) + len(plan.failures)
+            failed = Failures(planned, mapping.link, plan.failures)
             finished = False
             for command in owed:
                 if failed.hold_back(command):

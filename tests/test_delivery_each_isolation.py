@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge import worker
-from bridge.errors import MappingError, OrderWait
+from bridge.errors import MappingError, OrderWait, UpstreamError
 from bridge.mapping.commands import ElementFailure, LeadCommand
 from bridge.mapping.compiled import CompiledMapping
 from bridge.queue import arq_adapter, deliveries, ordering
@@ -249,6 +249,42 @@ async def test_a_stop_after_failures_for_good_names_them_too(
         stopped = "; 1 of 3 commands failed for good (before it stopped): command 0: mapping error: "
         assert record.reason.endswith(stopped + "lead.state: no such state")
         assert _dead_count(pipe) == 2.0
+
+
+async def test_a_failure_in_a_later_run_is_named_by_its_command_among_all_of_the_batch(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Element 0 goes, element 1 waits for its record's turn (an earlier delivery of that record
+    # is retrying): the next run owes element 1 alone, and it fails for good. The dead letter
+    # names it as command 1 of the batch's 2, not as the bare reason of a one-command delivery.
+    apply = worker.Deliverer._apply
+    failing = {"on": True}
+
+    async def earlier_fails(
+        self: worker.Deliverer, record: Any, command: LeadCommand, *a: Any, **k: Any
+    ) -> Any:
+        if failing["on"] and command.data.get("email") == "first@example.com":
+            raise UpstreamError("upstream error", retryable=True, status=500)
+        return await apply(self, record, command, *a, **k)
+
+    monkeypatch.setattr(worker.Deliverer, "_apply", earlier_fails)
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": BATCH}, BRIDGE_RETRY_BASE_S=0.05) as pipe:
+        assert pipe.runtime.deliverer is not None
+        pipe.runtime.deliverer.ordering._wait_s = 0.0  # a busy record: deferred at once, not awaited
+        earlier = await _post(pipe, [{"id": 2, "email": "first@example.com", "state": "New"}])
+        assert await pipe.wait_status(earlier, "retrying") == "retrying"
+        items = [{"id": 1, "email": "a@example.com"}, {"id": 2, "email": "b@example.com", "state": "Nope"}]
+        delivery_id = await _post(pipe, items)
+        await until(lambda: _emails_are(pipe, ["a@example.com"]))
+        failing["on"] = False
+        assert await pipe.wait_status(earlier, "delivered") == "delivered"
+        record = await _dead(pipe, delivery_id)
+        assert record.reason is not None
+        assert record.reason.startswith(f"1 of 2 {WENT}: command 1: mapping error: "), record.reason
+
+
+async def _emails_are(pipe: Pipeline, emails: list[str]) -> bool:
+    return await _emails(pipe) == emails
 
 
 async def test_an_earlier_command_for_the_record_of_a_later_failed_element_goes(

@@ -27,7 +27,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +122,21 @@ class Cluster:
         self.kills.append(f"valkey (queue {depth})")
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def running_cluster(
+    tmp_path: Path,
+    mapping_files: dict[str, str],
+    *,
+    senders: int = SENDERS,
+    worker_log_level: str = "warning",
+) -> AsyncIterator[Cluster]:
+    """Valkey, the sandbox, the web and two workers, as processes, with `mapping_files` (name ->
+    text) in their mapping folder, `tmp_path / "mappings"`. `senders`: the concurrent requests
+    the test's client is sized for."""
     mappings = tmp_path / "mappings"
     mappings.mkdir()
-    (mappings / "contact.yaml").write_text(CONTACT_MAPPING)
+    for name, text in mapping_files.items():
+        (mappings / name).write_text(text)
     valkey = EmbeddedValkey(tmp_path / "valkey").start()
     sandbox_port, web_port = free_port(), free_port()
     sandbox_url, web_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
@@ -135,7 +145,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     web_env = env(**common, BRIDGE_PORT=web_port, BRIDGE_MAPPINGS=mappings, CONTACT_SECRET=SECRET)
     web = Service(["serve"], web_env, tmp_path / "web.log")
     worker_env = env(
-        **common,
+        **{**common, "BRIDGE_LOG_LEVEL": worker_log_level},
         **WORKER_SETTINGS,
         BRIDGE_MAPPINGS=mappings,
         CONTACT_SECRET=SECRET,
@@ -144,7 +154,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     )
     workers = [Service(["worker"], worker_env, tmp_path / f"worker{n}.log") for n in range(2)]
     redis: Redis = Redis.from_url(valkey.url)
-    limits = httpx.Limits(max_connections=SENDERS + 8, max_keepalive_connections=SENDERS + 8)
+    limits = httpx.Limits(max_connections=senders + 8, max_keepalive_connections=senders + 8)
     async with AsyncExitStack() as stack:
         stack.callback(valkey.stop)
         stack.push_async_callback(redis.aclose)
@@ -155,6 +165,12 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await wait_ready(http, f"{sandbox_url}/sandbox/faults", sandbox)
         await wait_ready(http, f"{web_url}/readyz", web)
         yield Cluster(tmp_path, valkey, redis, http, sandbox, sandbox_url, web, web_url, workers)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path, {"contact.yaml": CONTACT_MAPPING}) as running:
+        yield running
 
 
 async def _when(condition: Callable[[], bool], action: Callable[[], Awaitable[None]]) -> None:

@@ -5,9 +5,9 @@ The table response's exact shape is not published: we read `leadStates` (id, nam
 an id resolves to itself. An exact name wins over one that differs only in case; a name that two
 states (or two fields) share, but for case, is an error, never one of them picked at random. A
 name that does not resolve refreshes the cached table once (the pool may have changed) before it
-is an error, unless the table was read less than `MIN_REFRESH_S` ago: a batch whose elements all
-name a state the pool lacks (a CRM stage the mapping does not know yet) reads it once, not once
-per element.
+is an error, unless that copy is itself such a refresh, less than `MIN_REFRESH_S` old: a batch
+whose elements all name a state the pool lacks (a CRM stage the mapping does not know yet)
+re-reads the table once, not once or twice per element.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class TableInfo:
         return self.fields_by_name.get(name_or_id)
 
 
-MIN_REFRESH_S = 1.0  # a name that does not resolve re-reads a table read longer ago than this
+MIN_REFRESH_S = 1.0  # a name that does not resolve re-reads a table refreshed longer ago than this
 
 
 class TableCache:
@@ -113,18 +113,21 @@ class TableCache:
         self._fetch = fetch
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: dict[str, tuple[TableInfo, float]] = {}
+        # table id -> (info, when read, whether read by a refresh)
+        self._entries: dict[str, tuple[TableInfo, float, bool]] = {}
 
     async def get(self, table_id: str, *, refresh: bool = False) -> TableInfo:
-        """The table as cached; with `refresh` (a name did not resolve), read again unless it was
-        read less than MIN_REFRESH_S ago. `invalidate` forces the next read (an upstream 400)."""
+        """The table as cached; with `refresh` (a name did not resolve), read again, unless the
+        copy is itself a refresh less than MIN_REFRESH_S old. `invalidate` forces the next read
+        (an upstream 400)."""
         cached = self._entries.get(table_id)
         if cached:
-            age_s = self._clock() - cached[1]
-            if age_s < (MIN_REFRESH_S if refresh else self._ttl_s):
-                return cached[0]
+            info, read_at, by_refresh = cached
+            age_s = self._clock() - read_at
+            if (age_s < MIN_REFRESH_S and by_refresh) if refresh else age_s < self._ttl_s:
+                return info
         info = TableInfo.from_response(table_id, await self._fetch(table_id))
-        self._entries[table_id] = (info, self._clock())
+        self._entries[table_id] = (info, self._clock(), refresh)
         return info
 
     def invalidate(self, table_id: str) -> None:

@@ -84,3 +84,8 @@ class Plan(BaseModel):
         exclude=True,
         description="elements that failed for good, each on its own (`plan(isolate=True)`, the worker's)",
     )
+    size: int | None = Field(
+        default=None,
+        exclude=True,
+        description="the commands the payload makes, those left out as applied (`plan(skip=...)`) included",
+    )

@@ -198,7 +198,7 @@ class CompiledMapping:
                         status=exc.status,
                     )
                 )
-        return Plan.model_construct(ignored=False, commands=commands, failures=failures)
+        return Plan.model_construct(ignored=False, commands=commands, failures=failures, size=len(elements))
 
     def _key_of(self, element: Any) -> str | None:
         """An element's key where it resolves (None where it does not, or raises)."""
