@@ -17,10 +17,10 @@ from starlette.routing import Route
 
 from bridge import worker
 from bridge.errors import MappingError, OrderWait, UpstreamError
+from bridge.failures import Failures
 from bridge.mapping.commands import ElementFailure, LeadCommand
 from bridge.mapping.compiled import CompiledMapping
 from bridge.queue import arq_adapter, deliveries, ordering
-from bridge.worker import Failures
 from tests.pipeline import SECRET, Pipeline, pipeline, sign
 from tests.servers import until
 from tests.test_delivery_each_reorder import EACH, _emails
