@@ -14,12 +14,16 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline as RedisPipeline
 from redis.exceptions import RedisError, ResponseError
+from starlette.routing import Route
 
+from bridge.app import create_app
 from bridge.http.responses import queue_reply_handler
 from bridge.logs import JSONFormatter
 from bridge.queue import deliveries
 from bridge.queue.embedded import EmbeddedValkey
+from bridge.settings import Settings
 from tests.delivery_support import env, leadbridge
 from tests.pipeline import Pipeline, pipeline, sign
 from tests.servers import until
@@ -188,6 +192,45 @@ async def test_another_refusal_of_the_queue_stays_a_server_error() -> None:
     wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
     with pytest.raises(ResponseError):  # a bug of ours: a 500, its stack logged
         await queue_reply_handler(None, wrong)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "BUSY Valkey is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "NOREPLICAS Not enough good replicas to write.",
+    ],
+)
+async def test_a_pipelined_command_the_queue_cannot_serve_now_is_a_503_too(reply: str) -> None:
+    # redis-py prefixes the reply of a pipeline's command with that command: `dlq_ids`, `purge`
+    # and the ordering's `leave_all` go by pipeline, and the server may turn BUSY between two
+    # round trips of one request.
+    refused = ResponseError(reply)
+    RedisPipeline.annotate_exception(None, refused, 1, ("EXISTS", "lb:d:x"))  # type: ignore[arg-type]
+    assert not str(refused).startswith(reply[:4])
+    answer = await queue_reply_handler(None, refused)  # type: ignore[arg-type]
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"]
+    wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    RedisPipeline.annotate_exception(None, wrong, 1, ("EXISTS", "lb:d:BUSY x"))  # type: ignore[arg-type]
+    with pytest.raises(ResponseError):
+        await queue_reply_handler(None, wrong)  # type: ignore[arg-type]
+
+
+async def test_another_refusal_under_a_route_is_the_usual_500_with_its_stack_logged() -> None:
+    async def refused(request: object) -> None:
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    app = create_app(Settings(), runtime=object())  # type: ignore[arg-type]
+    app.router.routes.append(Route("/refused", refused))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+        answer = await client.get("/refused")
+    assert answer.status_code == 500
+    # Raised on past Starlette's ServerErrorMiddleware: the server (uvicorn) logs it with its stack.
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await httpx.ASGITransport(app=app).handle_async_request(httpx.Request("GET", "http://bridge/refused"))
 
 
 async def _killed(redis: Redis) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -41,14 +42,21 @@ async def queue_error_handler(request: Request, exc: Exception) -> Response:
 
 # Error replies of a server that is there but cannot serve now, which redis-py raises as a bare
 # ResponseError: a script running past busy-reply-threshold (BUSY), a replica cut off from its
-# primary with replica-serve-stale-data off (MASTERDOWN), a cluster mid-failover.
-_UNAVAILABLE_REPLIES = ("BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+# primary with replica-serve-stale-data off (MASTERDOWN), a primary short of the replicas
+# min-replicas-to-write asks for (NOREPLICAS), a cluster mid-failover.
+# The reply as it is, or as redis-py words one of a pipeline's commands:
+# `Command # 1 (EXISTS ...) of pipeline caused error: ('BUSY ...',)`.
+_UNAVAILABLE_REPLY = re.compile(
+    r"(?:^|^Command # \d+ \(.*\) of pipeline caused error: \(['\"])"
+    r"(?:BUSY|MASTERDOWN|NOREPLICAS|TRYAGAIN|CLUSTERDOWN) ",
+    re.DOTALL,
+)
 
 
 async def queue_reply_handler(request: Request, exc: Exception) -> Response:
-    """A command the queue refused: unavailable for now (`_UNAVAILABLE_REPLIES`, a 503 as in
+    """A command the queue refused: unavailable for now (`_UNAVAILABLE_REPLY`, a 503 as in
     `queue_error_handler`), or a bug (raised on: a 500, logged with its stack)."""
-    if str(exc).startswith(_UNAVAILABLE_REPLIES):
+    if _UNAVAILABLE_REPLY.match(str(exc)):
         return error_response(QueueUnavailable())
     raise exc
 
