@@ -187,6 +187,35 @@ async def test_isolate_leaves_a_refused_enrich_out_and_still_raises_one_to_retry
         await mapping.plan({"ids": [1, 3]}, enrich=gone_or_down, isolate=True)
 
 
+async def test_isolate_stops_fetching_after_five_refusals_in_a_row(tmp_path: Path) -> None:
+    # A source refusing every record (403: a token without the scope) costs five fetches a
+    # batch, not one per element; one record found in between starts the count again.
+    mapping = build(
+        tmp_path,
+        {
+            "each": "ids",
+            "enrich": {"url": "https://x.example/{@}", "as": "r"},
+            "lead": {"data": {"n": "r.n"}},
+        },
+    )
+    fetched: list[str] = []
+
+    async def refusing(url: str, headers: Mapping[str, str], timeout_s: float | None = None) -> Any:
+        fetched.append(url)
+        if url.endswith("/ok"):
+            return {"n": "ok"}
+        raise UpstreamError("enrich fetch answered 403", retryable=False, status=403)
+
+    ids = ["a", "b", "c", "d", "ok", "e", "f", "g", "h", "i", "j", "k"]
+    plan = await mapping.plan({"ids": ids}, enrich=refusing, isolate=True)
+    assert [c.data for c in plan.commands] == [{"n": "ok"}]
+    assert [url.rsplit("/", 1)[1] for url in fetched] == ids[:10]
+    held = [(f.index, f.reason) for f in plan.failures if f.kind == "held"]
+    reason = "not fetched: the enrich source refused the 5 elements before it"
+    assert held == [(10, reason), (11, reason)]
+    assert len(plan.failures) == 11
+
+
 async def test_isolate_does_not_apply_without_each(tmp_path: Path) -> None:
     mapping = build(tmp_path, {"lead": {"data": {"email": {"path": "email", "required": True}}}})
     with pytest.raises(MappingError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from bridge.errors import DeliveryError, MappingError, dead_reason, failure_kind
+from bridge.errors import DeliveryError, MappingError, UpstreamError, dead_reason, failure_kind
 from bridge.mapping.commands import EXTRA_FIELDS, ElementFailure, LeadCommand, Plan
 from bridge.mapping.elements import element_ids
 from bridge.mapping.expressions import Compiler, Expr, truthy
@@ -25,6 +25,10 @@ from bridge.mapping.models import URL_PART, EnrichSpec, MappingFile, ValueObject
 from bridge.mapping.transforms import epoch_ms_text, stringify
 from bridge.mapping.values import OMIT, Evaluator, compile_value, guarded
 from bridge.providers.base import Provider
+
+# With `isolate`: enrich fetches refused for good in a row (403s, 404s) after which the batch's
+# other elements are not fetched (a source refusing every record must not cost a call for each).
+ENRICH_REFUSALS = 5
 
 
 class EnrichFetcher(Protocol):
@@ -173,6 +177,7 @@ class CompiledMapping:
         ids = element_ids(elements) if self._each is not None else None
         commands: list[LeadCommand] = []
         failures: list[ElementFailure] = []
+        refused = 0  # enrich fetches refused for good in a row
         for index, element in enumerate(elements):
             element_id = ids[index] if ids is not None else None
             if skip is not None and skip(index, element_id):
@@ -180,14 +185,25 @@ class CompiledMapping:
                 # dead-letter the delivery for a lead already delivered, and with it the
                 # elements still owed, for good (a replay would fetch it again).
                 continue
+            if refused >= ENRICH_REFUSALS:
+                reason = f"not fetched: the enrich source refused the {refused} elements before it"
+                failures.append(
+                    ElementFailure.model_construct(
+                        index=index, element=element_id, key=self._key_of(element), reason=reason, kind="held"
+                    )
+                )
+                continue
             try:
                 if self.enrich is not None:
                     assert enrich is not None
                     element = await self.enrich.apply(element, enrich)
+                    refused = 0
                 commands.append(self.command(index, element, element_id))
             except DeliveryError as exc:
                 if not isolate or ids is None or exc.retryable or exc.whole:
                     raise
+                if isinstance(exc, UpstreamError):  # here, the enrich fetch's
+                    refused += 1
                 failures.append(
                     ElementFailure.model_construct(
                         index=index,
