@@ -33,7 +33,6 @@ import pytest
 from bridge.queue import arq_adapter, deliveries, keys
 from bridge.sandbox import DEMO_API_KEY, DEMO_TABLE_ID
 from tests.delivery_support import leadbridge
-from tests.pipeline import sign
 from tests.servers import until
 from tests.test_fault_suite import FAULTS, Cluster, Provider, _when, running_cluster
 
@@ -110,20 +109,7 @@ class Batches:
 
     async def send(self, batch: Batch) -> tuple[int, str]:
         """Until a 2xx, as a provider's retry schedule would (fast here)."""
-        provider = self.provider
-        while True:
-            raw = batch.raw
-            try:
-                response = await provider.http.post(
-                    provider.url, content=raw, headers=sign(raw, batch.msg_id)
-                )
-            except Exception:  # a provider retries whatever went wrong
-                provider.refused += 1
-            else:
-                provider.answers[response.status_code] += 1
-                if response.status_code in (200, 202):
-                    return response.status_code, str(response.json()["delivery_id"])
-            await asyncio.sleep(random.uniform(0.05, 0.2))
+        return await self.provider.send(batch.raw, batch.msg_id)
 
 
 def _batches(rng: random.Random) -> list[Batch]:
