@@ -4,7 +4,8 @@ With `each`, one element the mapping cannot map (a state the pool lacks), or who
 upstream refuses, does not hold up the rest of its batch: the worker sets it aside here and goes
 on, then dead-letters the delivery with `Failures.reason()`, which names each failed command by
 its place in the batch. A later command for the record of a failed one is held back (never sent
-ahead of it), and after `Failures.REFUSALS` upstream refusals in a row the rest are not tried.
+ahead of it), and on a delivery's first run, after `Failures.REFUSALS` upstream refusals in a row
+the rest are not tried.
 """
 
 from __future__ import annotations
@@ -33,14 +34,20 @@ class Failures:
     command failed is held (not sent ahead of it) and fails with it."""
 
     SHOWN = 10  # failures a reason spells out; the rest are counted
-    # Upstream refusals in a row after which the rest are not tried: a refusal of every body (a
-    # table gone, the key's access to it revoked) must not cost a call per element of a batch.
+    # Upstream refusals in a row after which the rest are not tried, with `capped` (a delivery's
+    # first run): a mapping whose every body the upstream refuses (a value of the wrong type)
+    # costs five refused calls, not two or three per element of its batch. A retry or a replay
+    # (after the fix) tries them all: refusals that recur (records the upstream will never
+    # take) must not keep the rest of the batch from going, run after run.
     REFUSALS = 5
 
-    def __init__(self, planned: int, link: str, failures: Sequence[ElementFailure] = ()) -> None:
+    def __init__(
+        self, planned: int, link: str, failures: Sequence[ElementFailure] = (), *, capped: bool = False
+    ) -> None:
         self.planned = planned
         self.items: list[Failure] = []
         self._records: dict[tuple[str, str], int] = {}  # failed record -> its first failed command
+        self._capped = capped
         self._refused = 0  # upstream refusals since the last command that went
         for f in failures:
             self.add(f.index, link, f.key, f.reason, f.kind, f.status, None)
@@ -75,12 +82,12 @@ class Failures:
 
     def hold_back(self, command: LeadCommand) -> bool:
         """Whether `command` is not to be sent, recorded then as failed: it comes after a failed
-        command of its record (not sent ahead of it), or the upstream refused the `REFUSALS`
-        commands before it."""
+        command of its record (not sent ahead of it), or (`capped`) the upstream refused the
+        `REFUSALS` commands before it."""
         before = self._records.get((command.link, command.key)) if command.key is not None else None
         if before is not None and before < command.index:
             reason = f"not sent: command {before}, for the same record, failed"
-        elif self._refused >= self.REFUSALS:
+        elif self._capped and self._refused >= self.REFUSALS:
             reason = f"not sent: the upstream refused the {self._refused} commands before it"
         else:
             return False

@@ -52,7 +52,7 @@ from bridge.errors import (
 )
 from bridge.failures import Failure, Failures
 from bridge.mapping.commands import LeadCommand, Plan
-from bridge.mapping.compiled import CompiledMapping
+from bridge.mapping.compiled import ENRICH_REFUSALS, CompiledMapping
 from bridge.metrics import Metrics
 from bridge.queue import deliveries, keys
 from bridge.queue.arq_adapter import JobFinished, Retry
@@ -253,6 +253,7 @@ class Deliverer:
             max_commands=self.settings.max_commands_per_delivery,
             skip=skip,
             isolate=True,
+            enrich_refusals=ENRICH_REFUSALS if _first_run(record) else None,
         )
 
     async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
@@ -300,7 +301,7 @@ class Deliverer:
             # dead letter still names each failure as command N of them all (a batch that owes one
             # command now is no one-command delivery, whose reason is that command's alone).
             planned = plan.size if plan.size is not None else len(owed) + len(plan.failures)
-            failed = Failures(planned, mapping.link, plan.failures)
+            failed = Failures(planned, mapping.link, plan.failures, capped=_first_run(record))
             finished = False
             for command in owed:
                 if failed.hold_back(command):
@@ -363,8 +364,8 @@ class Deliverer:
         under the element's, which makes a second lead."""
         if done:
             return _by_position(done)
-        if not (record.attempts or record.replayed_at is not None or record.cut or record.unfinished > 1):
-            return False  # its first run: nothing went yet
+        if _first_run(record):
+            return False  # nothing went yet
         # Those that failed planning too (`Plan.failures`): one may be what that run sent; its
         # replay, once the mapping is fixed, must send it under the position's key.
         planned = [(c.index, c.element) for c in plan.commands]
@@ -887,6 +888,12 @@ class Deliverer:
                 await self.sent.pin(idem, body)
             return answer
         raise AssertionError("unreachable")
+
+
+def _first_run(record: DeliveryRecord) -> bool:
+    """Whether this is the delivery's first run: no attempt on record, not replayed, not cut by
+    a drain, no earlier run that died."""
+    return not (record.attempts or record.replayed_at is not None or record.cut or record.unfinished > 1)
 
 
 def _pins(idem: str) -> list[str]:

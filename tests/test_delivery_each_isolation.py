@@ -131,6 +131,57 @@ async def test_once_the_upstream_refused_five_in_a_row_the_rest_of_the_batch_is_
         assert await pipe.entries() == []
 
 
+async def test_a_replay_tries_what_the_refusal_cap_left_out_of_the_first_run(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # Refusals that recur (values the upstream will never take) must not keep the rest of the
+    # batch from going, replay after replay: only a first run stops after five in a row.
+    refused = [{"id": n, "email": f"{n}@example.com", "appt": 5} for n in range(5)]
+    good = [{"id": n, "email": f"{n}@example.com"} for n in (5, 6)]
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": REFUSED}) as pipe:
+        delivery_id = await _post(pipe, refused + good)
+        record = await _dead(pipe, delivery_id)
+        assert record.reason is not None
+        assert "command 5: not sent: the upstream refused the 5 commands before it" in record.reason
+        assert await pipe.entries() == []
+        assert await deliveries.enqueue_again(pipe.redis, delivery_id, 60)
+        record = await _dead(pipe, delivery_id)
+        assert await _emails(pipe) == ["5@example.com", "6@example.com"]
+        assert record.reason is not None
+        assert record.reason.startswith(f"5 of 7 {WENT}: command 0: POST")
+        assert "not sent" not in record.reason
+
+
+@pytest.mark.parametrize("path", ["/connect/table_entries", "/connect/tables/{table_id}"])
+async def test_an_upstream_refusing_the_table_stops_the_whole_batch(
+    redis_url: str, tmp_path: Path, path: str
+) -> None:
+    # 403 (the key may not write this table) or 404 (no such table) to a create or a table read
+    # is about the mapping's table, not one lead: one call, not one per element.
+    calls: list[str] = []
+
+    async def refused(request: Request) -> Response:
+        calls.append(request.method)
+        return Response(b'{"error": "forbidden"}', 403, media_type="application/json")
+
+    items = [{"id": n, "email": f"{n}@example.com"} for n in range(4)]
+    # one command's calls: its create, or its two table reads (building the body to pin, then
+    # to send)
+    methods = ["POST"] if path == "/connect/table_entries" else ["GET", "GET"]
+    async with pipeline(
+        redis_url,
+        tmp_path / "m",
+        mapping_files={"batch.yaml": FIXED},
+        environ={"CONTACT_SECRET": SECRET},
+        upstream_routes=[Route(path, refused, methods=methods[:1])],
+    ) as pipe:
+        record = await _dead(pipe, await _post(pipe, items))
+        assert calls == methods
+        assert record.reason is not None
+        assert "answered 403" in record.reason
+        assert "commands failed for good" not in record.reason
+
+
 async def test_a_planning_failure_is_dead_lettered_with_the_rest_delivered_and_a_replay_sends_nothing_twice(
     redis_url: str, tmp_path: Path
 ) -> None:

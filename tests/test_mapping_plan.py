@@ -188,8 +188,8 @@ async def test_isolate_leaves_a_refused_enrich_out_and_still_raises_one_to_retry
 
 
 async def test_isolate_stops_fetching_after_five_refusals_in_a_row(tmp_path: Path) -> None:
-    # A source refusing every record (403: a token without the scope) costs five fetches a
-    # batch, not one per element; one record found in between starts the count again.
+    # A source refusing every record (403: a token without the scope) costs a delivery's first
+    # run five fetches, not one per element; one record found in between starts the count again.
     mapping = build(
         tmp_path,
         {
@@ -207,7 +207,10 @@ async def test_isolate_stops_fetching_after_five_refusals_in_a_row(tmp_path: Pat
         raise UpstreamError("enrich fetch answered 403", retryable=False, status=403)
 
     ids = ["a", "b", "c", "d", "ok", "e", "f", "g", "h", "i", "j", "k"]
-    plan = await mapping.plan({"ids": ids}, enrich=refusing, isolate=True)
+    await mapping.plan({"ids": ids}, enrich=refusing, isolate=True)  # no limit: a retry, a replay
+    assert len(fetched) == len(ids)
+    fetched.clear()
+    plan = await mapping.plan({"ids": ids}, enrich=refusing, isolate=True, enrich_refusals=5)
     assert [c.data for c in plan.commands] == [{"n": "ok"}]
     assert [url.rsplit("/", 1)[1] for url in fetched] == ids[:10]
     held = [(f.index, f.reason) for f in plan.failures if f.kind == "held"]

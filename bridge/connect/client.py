@@ -133,11 +133,15 @@ class ConnectClient:
             except ValueError:
                 data = {}
             return data if isinstance(data, dict) else {"value": data}
+        status = response.status_code
         raise UpstreamError(
-            f"{method} {path.split('/')[2]} answered {response.status_code}: {_error_text(response)}",
+            f"{method} {path.split('/')[2]} answered {status}: {_error_text(response)}",
             retryable=outcome.retryable,
             retry_after_s=outcome.retry_after_s,
-            status=response.status_code,
+            status=status,
+            # The mapping's table, not one lead: refused to our key (403), or not found (404 to
+            # a create or a table read; a patch's 404 is its entry's). The delivery stops.
+            whole=status == 403 or (status == 404 and method != "PATCH"),
         )
 
     def _record(self, method: str, status: str, started: float) -> None:

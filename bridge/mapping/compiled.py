@@ -27,7 +27,8 @@ from bridge.mapping.values import OMIT, Evaluator, compile_value, guarded
 from bridge.providers.base import Provider
 
 # With `isolate`: enrich fetches refused for good in a row (403s, 404s) after which the batch's
-# other elements are not fetched (a source refusing every record must not cost a call for each).
+# other elements are not fetched, on a delivery's first run (`plan(enrich_refusals=)`): a source
+# refusing every record costs five fetches, not one per element. A retry or replay fetches all.
 ENRICH_REFUSALS = 5
 
 
@@ -153,12 +154,15 @@ class CompiledMapping:
         max_commands: int = 100,
         skip: Callable[[int, str | None], bool] | None = None,
         isolate: bool = False,
+        enrich_refusals: int | None = None,
     ) -> Plan:
         """`skip(index, element_id)`: an element whose command an earlier run of the delivery
         applied; it gets no command, and no `enrich` fetch. With `isolate` (the worker), an `each`
         element that fails for good (a mapping error, an enrich source refusing its record) is
         left out with its reason in `Plan.failures`, so that it does not hold up the others; a
-        failure that may pass (an enrich fetch to retry) still raises."""
+        failure that may pass (an enrich fetch to retry) still raises. `enrich_refusals`: after
+        that many enrich fetches refused for good in a row, the rest are not fetched (failures
+        too); None: no limit."""
         if self._when is not None and not truthy(self._when(payload)):
             return Plan.model_construct(ignored=True, commands=[])
         if self._each is None:
@@ -185,7 +189,7 @@ class CompiledMapping:
                 # dead-letter the delivery for a lead already delivered, and with it the
                 # elements still owed, for good (a replay would fetch it again).
                 continue
-            if refused >= ENRICH_REFUSALS:
+            if enrich_refusals is not None and refused >= enrich_refusals:
                 reason = f"not fetched: the enrich source refused the {refused} elements before it"
                 failures.append(
                     ElementFailure.model_construct(
