@@ -4,6 +4,7 @@ characters and RFC 2822's `-0000`."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ from bridge.connect.tables import MIN_REFRESH_S, TableCache
 from bridge.errors import MappingError
 from bridge.mapping.loader import load_all
 from bridge.mapping.transforms import format_datetime, parse_datetime, to_boolean, to_number
+from tests.servers import until
 from tests.test_mapping_load import write
 from tests.test_mapping_plan import run_sync
 
@@ -198,6 +200,55 @@ async def test_a_name_that_does_not_resolve_rereads_the_table_at_most_once_a_sec
     cache.invalidate("t1")  # after an upstream 400: read at once
     assert await cache.resolve_state("t1", "New") == "s1"
     assert len(reads) == 4
+
+
+async def test_deliveries_that_need_a_table_at_once_share_one_read() -> None:
+    # A worker's deliveries in flight (100 by default) all miss the cache when it expires, or
+    # at start: one read of the table, not one each; and one re-read for their unknown name.
+    release = asyncio.Event()
+    reads: list[str] = []
+
+    async def fetch(table_id: str) -> dict[str, Any]:
+        reads.append(table_id)
+        await release.wait()
+        return {"id": table_id, "leadStates": [{"id": "s1", "name": "New", "default": True}]}
+
+    cache = TableCache(fetch, ttl_s=60)
+    known = [asyncio.ensure_future(cache.resolve_state("t1", "New")) for _ in range(20)]
+    unknown = [asyncio.ensure_future(cache.resolve_state("t1", "Won")) for _ in range(20)]
+    cut = asyncio.ensure_future(cache.resolve_state("t1", "New"))
+    await until(lambda: reads == ["t1"])
+    cut.cancel()  # a caller cut (a drain) leaves the read to the others
+    release.set()
+    assert await asyncio.gather(*known) == ["s1"] * 20
+    results = await asyncio.gather(*unknown, return_exceptions=True)
+    assert all(isinstance(r, MappingError) for r in results)
+    assert reads == ["t1", "t1"]  # the read, and one re-read for "Won"
+
+
+async def test_a_read_begun_before_an_invalidate_is_not_kept() -> None:
+    # After an upstream 400 the table is read anew: a read already in flight may predate the
+    # change that the 400 reveals, so it is neither joined nor cached.
+    gates = [asyncio.Event(), asyncio.Event()]
+    versions = iter(["old", "new"])
+    began: list[str] = []
+
+    async def fetch(table_id: str) -> dict[str, Any]:
+        version = next(versions)
+        began.append(version)
+        await gates[0 if version == "old" else 1].wait()
+        return {"id": table_id, "leadStates": [{"id": version, "name": "S", "default": True}]}
+
+    cache = TableCache(fetch, ttl_s=60)
+    before = asyncio.ensure_future(cache.resolve_state("t1", None))
+    await until(lambda: began == ["old"])
+    cache.invalidate("t1")
+    after = asyncio.ensure_future(cache.resolve_state("t1", None))
+    gates[1].set()
+    assert await after == "new"
+    gates[0].set()
+    assert await before == "old"  # its caller gets what it read ...
+    assert await cache.resolve_state("t1", None) == "new"  # ... but the cache keeps the newer
 
 
 async def test_names_compare_with_accents_composed() -> None:

@@ -12,6 +12,8 @@ re-reads the table once, not once or twice per element.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
@@ -101,7 +103,9 @@ MIN_REFRESH_S = 1.0  # a name that does not resolve re-reads a table refreshed l
 
 
 class TableCache:
-    """Per-process cache of TableInfo with a TTL; `fetch(table_id)` returns the raw table JSON."""
+    """Per-process cache of TableInfo with a TTL; `fetch(table_id)` returns the raw table JSON.
+    One read per table at a time: callers that need it meanwhile (a worker's deliveries in
+    flight, all missing the cache when it expires or at start) share the read in progress."""
 
     def __init__(
         self,
@@ -113,25 +117,47 @@ class TableCache:
         self._fetch = fetch
         self._ttl_s = ttl_s
         self._clock = clock
-        # table id -> (info, when read, whether read by a refresh)
+        # table id -> (info, when its read began, whether read by a refresh)
         self._entries: dict[str, tuple[TableInfo, float, bool]] = {}
+        self._reading: dict[str, asyncio.Future[TableInfo]] = {}
+        self._generation: dict[str, int] = {}  # bumped by `invalidate`
 
     async def get(self, table_id: str, *, refresh: bool = False) -> TableInfo:
         """The table as cached; with `refresh` (a name did not resolve), read again, unless the
         copy is itself a refresh less than MIN_REFRESH_S old. `invalidate` forces the next read
-        (an upstream 400)."""
+        (an upstream 400). A read in progress is joined (it began after any cached copy)."""
         cached = self._entries.get(table_id)
         if cached:
             info, read_at, by_refresh = cached
             age_s = self._clock() - read_at
             if (age_s < MIN_REFRESH_S and by_refresh) if refresh else age_s < self._ttl_s:
                 return info
+        reading = self._reading.get(table_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(table_id, refresh))
+            self._reading[table_id] = reading
+            reading.add_done_callback(functools.partial(self._read_done, table_id))
+        # Shielded: a caller cut (a drain, a job's time limit) leaves the read to the others.
+        return await asyncio.shield(reading)
+
+    async def _read(self, table_id: str, refresh: bool) -> TableInfo:
+        began, generation = self._clock(), self._generation.get(table_id, 0)
         info = TableInfo.from_response(table_id, await self._fetch(table_id))
-        self._entries[table_id] = (info, self._clock(), refresh)
+        if self._generation.get(table_id, 0) == generation:  # not invalidated meanwhile
+            self._entries[table_id] = (info, began, refresh)
         return info
 
+    def _read_done(self, table_id: str, reading: asyncio.Future[TableInfo]) -> None:
+        if self._reading.get(table_id) is reading:
+            del self._reading[table_id]
+        if not reading.cancelled():
+            reading.exception()  # its callers have it; retrieved even if every one was cut
+
     def invalidate(self, table_id: str) -> None:
+        """Forget the table: the next `get` reads it anew (not joining a read begun before)."""
         self._entries.pop(table_id, None)
+        self._reading.pop(table_id, None)
+        self._generation[table_id] = self._generation.get(table_id, 0) + 1
 
     async def resolve_state(self, table_id: str, name_or_id: str | None) -> str:
         """The state id for a name or id, or the table's default state when None."""
