@@ -188,26 +188,31 @@ class Deliverer:
 
     async def _deliver_within_time(self, record: DeliveryRecord, done: dict[str, str]) -> str:
         budget = asyncio.timeout(self.settings.job_timeout_s)
+        # The run's commands that failed for good, once it has planned (`_deliver`): a time
+        # limit or an unexpected error that ends the run after them names them too.
+        ran: list[Failures] = []
         try:
             async with budget:
-                return await self._deliver(record, done)
+                return await self._deliver(record, done, ran)
         except Retry:
             raise
         except TimeoutError:
             if not budget.expired():
                 raise self._queue_down(record.id) from None
-            return await self._guarded(self._timed_out(record), record)
+            return await self._guarded(self._timed_out(record, ran[0] if ran else None), record)
         except (RedisError, OSError):
             raise self._queue_down(record.id) from None
         except Exception as exc:
             log.exception("unexpected error while delivering", extra=self._ids(record))
             reason = f"internal error ({type(exc).__name__}); see the worker log"
-            return await self._guarded(self._dead(record, reason, None, kind="internal error"), record)
+            dead = self._dead(record, reason, None, kind="internal error", stopped=ran[0] if ran else None)
+            return await self._guarded(dead, record)
 
-    async def _timed_out(self, record: DeliveryRecord) -> str:
+    async def _timed_out(self, record: DeliveryRecord, failed: Failures | None = None) -> str:
         """The job ran out of time. When the limit struck after its outcome was written (the
         last command's end script, or the dead-letter, ran just before it), that outcome
-        stands: it is not overwritten by a retry, nor the finished job queued again."""
+        stands: it is not overwritten by a retry, nor the finished job queued again. `failed`:
+        the run's commands that had failed for good, named if it gives up."""
         status = await deliveries.status_of(self.redis, record.id)
         if status in FINISHED:
             await self.ordering.forget(record.id, record.mapping)
@@ -216,7 +221,7 @@ class Deliverer:
             f"the delivery took longer than BRIDGE_JOB_TIMEOUT_S ({self.settings.job_timeout_s:g} s)",
             retryable=True,
         )
-        return await self._failed(record, exc, None)
+        return await self._failed(record, exc, None, failed)
 
     async def _guarded(self, step: Awaitable[str], record: DeliveryRecord) -> str:
         try:
@@ -256,7 +261,9 @@ class Deliverer:
             enrich_refusals=ENRICH_REFUSALS if _first_run(record) else None,
         )
 
-    async def _deliver(self, record: DeliveryRecord, done: dict[str, str]) -> str:
+    async def _deliver(self, record: DeliveryRecord, done: dict[str, str], ran: list[Failures]) -> str:
+        """Plan the delivery and apply its commands; `ran` gets this run's `Failures` once
+        planned."""
         mapping = self.mappings.get(record.mapping)
         if mapping is None:
             # Meanwhile it holds up no delivery of another mapping of its link namespace.
@@ -302,6 +309,7 @@ class Deliverer:
             # command now is no one-command delivery, whose reason is that command's alone).
             planned = plan.size if plan.size is not None else len(owed) + len(plan.failures)
             failed = Failures(planned, mapping.link, plan.failures, capped=_first_run(record))
+            ran.append(failed)
             finished = False
             for command in owed:
                 if failed.hold_back(command):

@@ -6,6 +6,7 @@ what did not go: the failed commands, and those held behind them, in order."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -273,33 +274,40 @@ async def test_the_last_commands_end_never_marks_a_batch_delivered_when_an_earli
     [
         (MappingError("table t has no custom field 'f'", whole=True), "mapping error: table t has no"),
         (OrderWait("an earlier delivery for the same record goes first", defer_s=5.0), "put back for longer"),
+        (RuntimeError("a bug"), "internal error (RuntimeError); see the worker log"),
+        (None, "gave up after 1 attempts over "),  # ... s: the delivery took longer than BRIDGE_JOB_TIMEOUT_S
     ],
-    ids=["whole", "held-too-long"],
+    ids=["whole", "held-too-long", "internal-error", "timed-out"],
 )
 async def test_a_stop_after_failures_for_good_names_them_too(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: Exception, starts: str
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: Exception | None, starts: str
 ) -> None:
-    # Command 0 fails for good, command 1 stops the delivery: a failure about all of it, or a
-    # deferral past what BRIDGE_RETENTION_S keeps. The dead letter names command 0 as well.
+    # Command 0 fails for good, command 1 stops the delivery: a failure about all of it, a
+    # deferral past what BRIDGE_RETENTION_S keeps, a bug, or (None) the job's time limit. The
+    # dead letter names command 0 as well.
     apply_once = worker.Deliverer._apply_once
+    hung = asyncio.Event()  # never set: command 1 hangs until the job's time limit cuts it
 
     async def failing(self: worker.Deliverer, record: Any, command: LeadCommand, *a: Any, **k: Any) -> bool:
         if command.index == 0:
             raise MappingError("lead.state: no such state")
         if command.index == 1:
-            raise second
+            if second is None:
+                await hung.wait()
+            raise second or AssertionError("unreachable")
         return await apply_once(self, record, command, *a, **k)
 
     monkeypatch.setattr(worker.Deliverer, "_apply_once", failing)
     monkeypatch.setattr(worker.Deliverer, "_outlives_record", lambda self, record, delay_s: True)
     items = [{"id": n, "email": f"{n}@example.com"} for n in range(3)]
-    async with _pipeline(redis_url, tmp_path, {"batch.yaml": FIXED}) as pipe:
+    limit = {"BRIDGE_JOB_TIMEOUT_S": 0.5}
+    async with _pipeline(redis_url, tmp_path, {"batch.yaml": FIXED}, **limit) as pipe:
         record = await _dead(pipe, await _post(pipe, items))
         assert record.reason is not None
         assert record.reason.startswith(starts)
         stopped = "; 1 of 3 commands failed for good (before it stopped): command 0: mapping error: "
         assert record.reason.endswith(stopped + "lead.state: no such state")
-        assert _dead_count(pipe) == 2.0
+        assert _dead_count(pipe) + _dead_count(pipe, "none") == 2.0  # "none": a stop of no command
 
 
 async def test_a_failure_in_a_later_run_is_named_by_its_command_among_all_of_the_batch(
