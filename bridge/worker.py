@@ -411,9 +411,8 @@ class Deliverer:
     ) -> None:
         """One command failed for good: the delivery's others go on (`Failures`), and it is
         dead-lettered with them all at its end. Its record's line is let go meanwhile."""
-        failed.add(
-            command.index, command.link, command.key, dead_reason(exc), failure_kind(exc), exc.status, command
-        )
+        kind = failure_kind(exc)
+        failed.add(command.index, command.link, command.key, dead_reason(exc), kind, exc.status, command)
         if command.key is not None:
             await self.ordering.release(record.id, command.link, command.key)
         if failed.planned == 1:
@@ -423,7 +422,7 @@ class Deliverer:
             extra={
                 **self._ids(record),
                 "command": command.index,
-                "kind": failure_kind(exc),
+                "kind": kind,
                 "status": exc.status,
             },
         )

@@ -12,6 +12,7 @@ fields, never payload values.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -191,11 +192,7 @@ class CompiledMapping:
                 continue
             if enrich_refusals is not None and refused >= enrich_refusals:
                 reason = f"not fetched: the enrich source refused the {refused} elements before it"
-                failures.append(
-                    ElementFailure.model_construct(
-                        index=index, element=element_id, key=self._key_of(element), reason=reason, kind="held"
-                    )
-                )
+                failures.append(self._failure(index, element_id, element, reason, "held"))
                 continue
             try:
                 if self.enrich is not None:
@@ -208,27 +205,28 @@ class CompiledMapping:
                     raise
                 if isinstance(exc, UpstreamError):  # here, the enrich fetch's
                     refused += 1
-                failures.append(
-                    ElementFailure.model_construct(
-                        index=index,
-                        element=element_id,
-                        key=self._key_of(element),
-                        reason=dead_reason(exc),
-                        kind=failure_kind(exc),
-                        status=exc.status,
-                    )
-                )
+                reason, kind = dead_reason(exc), failure_kind(exc)
+                failures.append(self._failure(index, element_id, element, reason, kind, exc.status))
         return Plan.model_construct(ignored=False, commands=commands, failures=failures, size=len(elements))
 
-    def _key_of(self, element: Any) -> str | None:
-        """An element's key where it resolves (None where it does not, or raises)."""
-        if self._key is None:
-            return None
-        try:
-            raw = self._key(element)
-            return None if raw is OMIT else _text(raw, "key")
-        except DeliveryError:
-            return None
+    def _failure(
+        self,
+        index: int,
+        element_id: str | None,
+        element: Any,
+        reason: str,
+        kind: str,
+        status: int | None = None,
+    ) -> ElementFailure:
+        """An element set aside (`isolate`), with its record's key where that much resolves."""
+        key: str | None = None
+        if self._key is not None:
+            with contextlib.suppress(DeliveryError):
+                raw = self._key(element)
+                key = None if raw is OMIT else _text(raw, "key")
+        return ElementFailure.model_construct(
+            index=index, element=element_id, key=key, reason=reason, kind=kind, status=status
+        )
 
     def command(self, index: int, element: Any, element_id: str | None = None) -> LeadCommand:
         """The lead command for one (enriched) element; `element_id`: its identity (`each`)."""
